@@ -1,0 +1,1 @@
+"""Entropy control: token statistics, covariance scores, dynamics, controllers."""

@@ -1,0 +1,10 @@
+"""Shared pytest set-up: fast compiles for tiny test programs.
+
+Multi-device tests live in tests/multidevice/ and run in their own pytest
+process (see tests/run.sh), because XLA_FLAGS must be set before jax starts.
+"""
+
+import jax
+
+# Compile time dominates the tiny programs in this suite.
+jax.config.update("jax_disable_most_optimizations", True)
