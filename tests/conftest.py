@@ -8,3 +8,10 @@ import jax
 
 # Compile time dominates the tiny programs in this suite.
 jax.config.update("jax_disable_most_optimizations", True)
+
+# absltest helpers (create_tempdir, ...) read absl flags; under pytest nobody
+# parses them.
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()

@@ -1,0 +1,72 @@
+"""Pure building blocks of the decoder: RMSNorm, RoPE, grouped-query attention.
+
+Axis legend: B batch, T query time, S key time (cache slots), D hidden,
+N query heads, K key/value heads, G = N/K heads per group, H head dim,
+F MLP width. Kernels take arrays, never configs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Large negative but finite: a fully masked row (padding) must stay finite.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def rms_norm(x, scale, eps):
+  """RMSNorm computed in float32, returned in x's dtype. x [..., D], scale [D]."""
+  x32 = x.astype(jnp.float32)
+  var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  y = x32 * jax.lax.rsqrt(var + eps)
+  return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_cos_sin(positions_bt, inv_freq_h2):
+  """cos, sin [B, T, H] (float32) of RoPE angles, HF `rotate_half` layout."""
+  angles = positions_bt.astype(jnp.float32)[..., None] * inv_freq_h2
+  angles = jnp.concatenate([angles, angles], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_bthd, cos_bth, sin_bth):
+  """Rotates x [B, T, heads, H] by the angles (non-interleaved halves)."""
+  half = x_bthd.shape[-1] // 2
+  x32 = x_bthd.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos_bth[:, :, None, :] + rotated * sin_bth[:, :, None, :]
+  return out.astype(x_bthd.dtype)
+
+
+def attention(q_btnh, k_bskh, v_bskh, allowed_bts):
+  """Grouped-query softmax attention.
+
+  Args:
+    q_btnh: queries [B, T, N, H].
+    k_bskh: keys [B, S, K, H] with N % K == 0.
+    v_bskh: values [B, S, K, H].
+    allowed_bts: bool [B, T, S], True where query t may attend to key s.
+
+  Returns:
+    [B, T, N, H] in q's dtype. Scores and softmax are float32.
+  """
+  b, t, n, h = q_btnh.shape
+  k = k_bskh.shape[2]
+  q_btkgh = q_btnh.reshape(b, t, k, n // k, h)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
+                      preferred_element_type=jnp.float32)
+  scores = scores * (h ** -0.5)
+  scores = jnp.where(allowed_bts[:, None, None, :, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
+  return out.reshape(b, t, n, h)
+
+
+def swiglu(x_btd, gate_df, up_df, down_fd, gate_b=None, up_b=None,
+           down_b=None):
+  """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+  g = x_btd @ gate_df
+  u = x_btd @ up_df
+  if gate_b is not None:
+    g, u = g + gate_b, u + up_b
+  y = (jax.nn.silu(g) * u) @ down_fd
+  return y if down_b is None else y + down_b
