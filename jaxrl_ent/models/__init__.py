@@ -3,4 +3,5 @@
 from jaxrl_ent.models.config import ModelConfig, from_hf_config
 from jaxrl_ent.models.decoder import DecoderLM, KVCache, init_cache, init_model
 from jaxrl_ent.models.hf_io import (CheckpointError, from_pretrained,
+                                    init_sharded,
                                     load_tokenizer, save_pretrained)

@@ -196,6 +196,23 @@ def target_shardings(abs_state, mesh=None, rules=sharding.DEFAULT_RULES):
   return sharding.state_shardings(abs_state, mesh, rules)
 
 
+def init_sharded(cfg: config_lib.ModelConfig, mesh=None, *, seed: int = 0,
+                 rules=sharding.DEFAULT_RULES) -> decoder.DecoderLM:
+  """A randomly initialised model created directly in its target sharding.
+
+  The initialiser is jitted with `out_shardings`, so each device only ever
+  materialises its own shards.
+  """
+  graphdef, abs_state = abstract_model(cfg)
+  shardings = target_shardings(abs_state, mesh, rules)
+
+  def init():
+    return nnx.state(decoder.DecoderLM(cfg, rngs=nnx.Rngs(seed)))
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
 def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
                     param_dtype=None, rules=sharding.DEFAULT_RULES,
                     remat: bool = False,

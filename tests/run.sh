@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: single-device tests in parallel workers, then the
+# multi-device tests (8 fake CPU devices) in their own pytest process, since
+# XLA_FLAGS must be set before jax starts. Prints one combined closing line.
+set -u
+cd "$(dirname "$0")/.."
+out=$(mktemp -d)
+python -m pytest -n 2 --dist loadfile tests --ignore=tests/multidevice \
+  --junitxml="$out/single.xml" "$@"
+rc1=$?
+python -m pytest tests/multidevice --junitxml="$out/multi.xml" "$@"
+rc2=$?
+python - "$out/single.xml" "$out/multi.xml" <<'PY'
+import sys, xml.etree.ElementTree as ET
+n = f = e = s = 0
+for path in sys.argv[1:]:
+  try:
+    root = ET.parse(path).getroot()
+  except (OSError, ET.ParseError):
+    continue
+  for suite in root.iter("testsuite"):
+    n += int(suite.get("tests", 0)); f += int(suite.get("failures", 0))
+    e += int(suite.get("errors", 0)); s += int(suite.get("skipped", 0))
+print(f"all tests: {n - f - e - s} passed, {f + e} failed, {s} skipped")
+PY
+rm -rf "$out"
+# pytest exit 5 = no tests collected in that part; not a failure of the suite.
+for rc in $rc1 $rc2; do
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
+done
+exit 0
