@@ -26,31 +26,6 @@ flags.DEFINE_integer("max_new_tokens", 16, "Tokens to generate.")
 flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1",
                     "Mesh shape over the local devices.")
 
-_CORPUS = [
-    "the policy samples a token and the verifier checks the answer",
-    "entropy falls when likely tokens get positive advantages",
-    "clip cov and kl cov act on a few high covariance tokens",
-    "an entropy bonus is dense and biases the optimum",
-] * 8
-
-
-def _tiny_tokenizer():
-  import tokenizers  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
-      add_prefix_space=False)
-  tok.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=256, special_tokens=["<unk>", "<|endoftext|>"],
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-      show_progress=False)
-  tok.train_from_iterator(_CORPUS, trainer)
-  return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token="<unk>", eos_token="<|endoftext|>",
-      pad_token="<|endoftext|>")
-
-
 def _greedy(model, prompt_ids, max_new_tokens):
   """Greedy decoding with the KV cache (the rollout engine generalises it)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -79,6 +54,7 @@ def main(argv):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
   from jaxrl_ent import sharding  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
 
   mesh_shape = [(k, int(v)) for k, v in
                 (item.split("=") for item in FLAGS.mesh.split(","))]
@@ -90,7 +66,7 @@ def main(argv):
     path = pathlib.Path(FLAGS.model_path)
     tokenizer = models.load_tokenizer(path)
   else:
-    tokenizer = _tiny_tokenizer()
+    tokenizer = tiny_hf.tiny_tokenizer()
     cfg = models.ModelConfig(
         model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64,
         intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,

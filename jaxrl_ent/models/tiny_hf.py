@@ -1,7 +1,8 @@
-"""Tiny random HF checkpoints built with transformers + PyTorch.
+"""Tiny random HF checkpoints (transformers + PyTorch) and tokenizers.
 
-For tests and examples only: it needs the `test` extra (torch). Nothing is
-downloaded; the weights are random.
+For tests and examples only: `write_checkpoint` needs the `test` extra
+(torch). Nothing is downloaded; weights are random and the tokenizer is a
+byte-level BPE trained in-process.
 """
 
 import pathlib
@@ -51,3 +52,41 @@ def write_checkpoint(path, model_type: str, tie: bool = False, seed: int = 0,
   path = pathlib.Path(path)
   model.save_pretrained(str(path))
   return model
+
+
+DEFAULT_CORPUS = (
+    "the policy samples a token and the verifier checks the answer",
+    "entropy falls when likely tokens get positive advantages",
+    "clip cov and kl cov act on a few high covariance tokens",
+    "an entropy bonus is dense and biases the optimum",
+)
+
+# A minimal ChatML template, the format Qwen checkpoints use.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer(corpus=DEFAULT_CORPUS, vocab_size: int = 256):
+  """A byte-level BPE `PreTrainedTokenizerFast` trained on `corpus`.
+
+  Byte-level, so any text encodes; special tokens `<|endoftext|>` (eos/pad),
+  `<|im_start|>`, `<|im_end|>`, and a ChatML chat template.
+  """
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(
+      add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      special_tokens=["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False)
+  tok.train_from_iterator(list(corpus) * 4, trainer)
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, unk_token="<unk>", eos_token="<|endoftext|>",
+      pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE,
+      additional_special_tokens=["<|im_start|>", "<|im_end|>"])

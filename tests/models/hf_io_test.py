@@ -75,6 +75,31 @@ class RoundTripTest(parameterized.TestCase):
       np.testing.assert_array_equal(v, _params(b)[k], err_msg=k)
 
 
+class TokenizerTest(absltest.TestCase):
+
+  def test_tokenizer_and_chat_template_round_trip(self):
+    tok = tiny_hf.tiny_tokenizer()
+    with tempfile.TemporaryDirectory() as d:
+      tiny_hf.write_checkpoint(pathlib.Path(d) / "a", "qwen2",
+                               vocab_size=len(tok))
+      model = models.from_pretrained(pathlib.Path(d) / "a")
+      models.save_pretrained(model, pathlib.Path(d) / "b", tokenizer=tok)
+      loaded = models.load_tokenizer(pathlib.Path(d) / "b")
+    text = "entropy falls, 7 * 6 = 42"
+    self.assertEqual(loaded(text)["input_ids"], tok(text)["input_ids"])
+    self.assertEqual(loaded.decode(loaded(text)["input_ids"]), text)
+    chat = loaded.apply_chat_template(
+        [{"role": "user", "content": "What is 7 * 6?"}],
+        add_generation_prompt=True, tokenize=False)
+    self.assertEqual(chat, "<|im_start|>user\nWhat is 7 * 6?<|im_end|>\n"
+                     "<|im_start|>assistant\n")
+    self.assertEqual(loaded.eos_token, "<|endoftext|>")
+
+  def test_missing_tokenizer_folder(self):
+    with self.assertRaisesRegex(models.CheckpointError, "does not exist"):
+      models.load_tokenizer("/nonexistent/tokenizer")
+
+
 class BadCheckpointTest(absltest.TestCase):
 
   def setUp(self):
