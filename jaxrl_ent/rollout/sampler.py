@@ -1,0 +1,302 @@
+"""Jitted, sharded KV-cache sampler for group rollouts.
+
+`generate` validates its inputs on the host (before anything compiles), pads
+the prompts into a length bucket, and calls one jitted program that
+  1. repeats each prompt `n_samples` times (contiguous GRPO groups),
+  2. prefills the left-padded prompts once into a preallocated KV cache,
+  3. decodes inside `lax.while_loop`, stopping early when every row is done.
+
+Axis legend: B prompts, R = B·n_samples rows, P prompt bucket length,
+C max_new_tokens, V vocabulary.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax import struct
+
+from jaxrl_ent import sharding
+from jaxrl_ent.models import decoder
+from jaxrl_ent.rollout import sampling
+
+
+@struct.dataclass
+class Rollout:
+  """Prompts and their sampled completions (a frozen pytree).
+
+  Attributes:
+    tokens: int32 [R, P + C], left-padded prompt then completion (padding
+      after the stop token is `pad_id`).
+    positions: int32 [R, P + C], RoPE positions (0 at the first real token).
+    prompt_mask: int32 [R, P], 1 on real prompt tokens.
+    completion_mask: int32 [R, C], 1 on generated tokens up to and including
+      the stop token.
+    lengths: int32 [R], number of generated tokens per row.
+    logp: float32 [R, C], behaviour log-prob of each sampled token under
+      softmax(logits / temperature); 0 where the completion mask is 0.
+    entropy: float32 [R, C], entropy of that distribution (0 where masked, and
+      all zeros unless requested).
+    prompt_index: int32 [R], which input prompt each row samples.
+  """
+  tokens: jax.Array
+  positions: jax.Array
+  prompt_mask: jax.Array
+  completion_mask: jax.Array
+  lengths: jax.Array
+  logp: jax.Array
+  entropy: jax.Array
+  prompt_index: jax.Array
+
+  @property
+  def completion(self) -> jax.Array:
+    """int32 [R, C] completion tokens."""
+    return self.tokens[:, self.prompt_mask.shape[1]:]
+
+  @property
+  def attention_mask(self) -> jax.Array:
+    """int32 [R, P + C] for teacher forcing the whole sequence."""
+    return jnp.concatenate([self.prompt_mask, self.completion_mask], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """Static sampling settings (one compiled program per distinct value).
+
+  Attributes:
+    max_new_tokens: C, completion budget.
+    temperature: > 0; log-probs are reported at this temperature.
+    top_p: nucleus mass in (0, 1].
+    top_k: 0 (off) or a positive number of tokens.
+    n_samples: completions per prompt (the GRPO group size).
+    stop_token_ids: tokens that end a completion (kept in it, like EOS).
+    greedy: argmax decoding (log-probs still at `temperature`).
+    return_entropy: also compute per-token entropies.
+    pad_id: token written after a completion has stopped.
+  """
+  max_new_tokens: int
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  n_samples: int = 1
+  stop_token_ids: tuple[int, ...] = ()
+  greedy: bool = False
+  return_entropy: bool = False
+  pad_id: int = 0
+
+  def validate(self, vocab_size: int | None = None):
+    """Raises ValueError naming the offending field."""
+    if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be a positive int, got "
+                       f"{self.max_new_tokens!r}.")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature!r} "
+                       "(use greedy=True for argmax decoding).")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}.")
+    if not isinstance(self.top_k, int) or self.top_k < 0:
+      raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}.")
+    if not isinstance(self.n_samples, int) or self.n_samples < 1:
+      raise ValueError(f"n_samples must be an int >= 1, got "
+                       f"{self.n_samples!r}.")
+    if vocab_size is not None:
+      bad = [t for t in (*self.stop_token_ids, self.pad_id)
+             if not 0 <= t < vocab_size]
+      if bad:
+        raise ValueError(f"stop_token_ids/pad_id {bad} are outside the "
+                         f"vocabulary [0, {vocab_size}).")
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  """Smallest bucket >= length."""
+  for b in sorted(buckets):
+    if b >= length:
+      return b
+  raise ValueError(f"prompt of {length} tokens is longer than the largest "
+                   f"bucket {max(buckets)}.")
+
+
+def default_buckets(max_prompt_len: int, smallest: int = 16) -> tuple[int, ...]:
+  """Powers of two from `smallest` up to, and including, `max_prompt_len`."""
+  out, b = [], smallest
+  while b < max_prompt_len:
+    out.append(b)
+    b *= 2
+  return tuple(out) + (max_prompt_len,)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists to [B, length]; returns (tokens, mask) int32."""
+  tokens = np.full((len(prompts), length), pad_id, np.int32)
+  mask = np.zeros((len(prompts), length), np.int32)
+  for i, p in enumerate(prompts):
+    if len(p):
+      tokens[i, length - len(p):] = p
+      mask[i, length - len(p):] = 1
+  return tokens, mask
+
+
+def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
+             max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, n_samples: int = 1,
+             stop_token_ids: Sequence[int] = (), greedy: bool = False,
+             return_entropy: bool = False, pad_id: int = 0,
+             max_prompt_len: int | None = None,
+             prompt_buckets: Sequence[int] | None = None,
+             mesh=None) -> Rollout:
+  """Samples `n_samples` completions for each prompt.
+
+  Args:
+    policy: the model.
+    prompts: a list of token-id lists, or a pair (tokens [B, P], mask [B, P])
+      of left-padded arrays.
+    key: PRNG key; the same key gives the same completions.
+    max_new_tokens: completion budget C.
+    temperature, top_p, top_k, greedy: see `SamplingParams`.
+    n_samples: completions per prompt; rows of one prompt are contiguous.
+    stop_token_ids: tokens that end a completion.
+    return_entropy: also return per-token entropies.
+    pad_id: padding token.
+    max_prompt_len: longest allowed prompt (default: the model's context
+      minus `max_new_tokens`).
+    prompt_buckets: allowed padded prompt lengths; prompts are padded to the
+      smallest bucket that fits, so a run compiles one program per bucket.
+    mesh: optional mesh; rows are sharded over (`data`, `fsdp`).
+
+  Raises:
+    ValueError: empty prompt list, empty or too-long prompt, bad sampling
+      settings — all before anything is compiled.
+  """
+  params = SamplingParams(
+      max_new_tokens=max_new_tokens, temperature=float(temperature),
+      top_p=float(top_p), top_k=top_k, n_samples=n_samples,
+      stop_token_ids=tuple(int(t) for t in stop_token_ids), greedy=greedy,
+      return_entropy=return_entropy, pad_id=pad_id)
+  cfg = policy.cfg
+  params.validate(cfg.vocab_size)
+  if max_prompt_len is None:
+    max_prompt_len = cfg.max_position_embeddings - max_new_tokens
+  if max_prompt_len < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a "
+                     f"prompt in the model's context of "
+                     f"{cfg.max_position_embeddings} tokens.")
+  buckets = tuple(prompt_buckets or default_buckets(max_prompt_len))
+
+  if isinstance(prompts, tuple) and len(prompts) == 2 and hasattr(
+      prompts[0], "shape"):
+    tokens, mask = (np.asarray(x, np.int32) for x in prompts)
+    if tokens.ndim != 2 or tokens.shape != mask.shape:
+      raise ValueError(f"prompts: tokens {tokens.shape} and mask "
+                       f"{mask.shape} must both be [B, P].")
+    lengths = mask.sum(axis=1)
+  else:
+    prompts = [list(p) for p in prompts]
+    lengths = np.asarray([len(p) for p in prompts])
+    tokens = mask = None
+  if len(lengths) == 0:
+    raise ValueError("prompts: the prompt list is empty.")
+  if (lengths == 0).any():
+    raise ValueError(f"prompts: prompt {int(np.argmin(lengths))} is empty.")
+  if lengths.max() > max_prompt_len:
+    i = int(np.argmax(lengths))
+    raise ValueError(f"prompts: prompt {i} has {int(lengths[i])} tokens, more "
+                     f"than max_prompt_len={max_prompt_len}.")
+  length = bucket_length(int(lengths.max()), buckets)
+  if tokens is None:
+    tokens, mask = pad_prompts(prompts, length, pad_id)
+  elif tokens.shape[1] != length:
+    # Re-pad array input into its bucket (keep the left padding).
+    tokens, mask = pad_prompts(
+        [t[m.astype(bool)] for t, m in zip(tokens, mask)], length, pad_id)
+  if (tokens >= cfg.vocab_size).any() or (tokens < 0).any():
+    raise ValueError(f"prompts: token ids must be in [0, {cfg.vocab_size}).")
+
+  batch_sharding = None
+  if mesh is not None:
+    batch_sharding = jax.sharding.NamedSharding(
+        mesh, sharding.logical_to_spec(("act_batch", None), shape=tokens.shape,
+                                       mesh=mesh))
+  tokens = jax.device_put(tokens, batch_sharding)
+  mask = jax.device_put(mask, batch_sharding)
+  graphdef, state = nnx.split(policy)
+  return _generate_jit(graphdef, state, tokens, mask, key, params)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "params"))
+def _generate_jit(graphdef, state, tokens_bp, mask_bp, key, params):
+  policy = nnx.merge(graphdef, state)
+  return generate_arrays(policy, tokens_bp, mask_bp, key, params)
+
+
+def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
+                    ) -> Rollout:
+  """The traceable core of `generate` (call it inside your own jit)."""
+  cfg = policy.cfg
+  n, c = params.n_samples, params.max_new_tokens
+  tokens_rp = jnp.repeat(tokens_bp, n, axis=0)
+  mask_rp = jnp.repeat(mask_bp, n, axis=0).astype(jnp.int32)
+  prompt_index = jnp.repeat(jnp.arange(tokens_bp.shape[0], dtype=jnp.int32), n)
+  r, p = tokens_rp.shape
+  tokens_rp = sharding.constrain(tokens_rp, ("act_batch", None))
+  mask_rp = sharding.constrain(mask_rp, ("act_batch", None))
+  positions_rp = jnp.maximum(jnp.cumsum(mask_rp, axis=1) - 1, 0)
+  prompt_len = mask_rp.sum(axis=1)
+
+  cache = decoder.init_cache(cfg, r, p + c)
+  kv_axes = (None, "act_batch", None, "act_kv_heads", None)
+  cache = cache._replace(k=sharding.constrain(cache.k, kv_axes),
+                         v=sharding.constrain(cache.v, kv_axes))
+  logits, cache = policy(tokens_rp, positions_rp, mask_rp, cache=cache)
+  last_logits = logits[:, -1]  # left padding: the last column is real.
+
+  stop_ids = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
+  sample = functools.partial(
+      sampling.sample, temperature=params.temperature, top_k=params.top_k,
+      top_p=params.top_p, greedy=params.greedy)
+
+  def cond(carry):
+    i, _, _, _, _, _, done = carry
+    return (i < c) & ~jnp.all(done)
+
+  def body(carry):
+    i, logits_rv, cache, out_tok, out_logp, out_ent, done = carry
+    tok, logp, ent = sample(jax.random.fold_in(key, i), logits_rv)
+    tok = jnp.where(done, params.pad_id, tok)
+    live = ~done
+    out_tok = out_tok.at[:, i].set(tok)
+    out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
+    if params.return_entropy:
+      out_ent = out_ent.at[:, i].set(jnp.where(live, ent, 0.0))
+    done = done | jnp.isin(tok, stop_ids)
+    logits, cache = policy(tok[:, None], (prompt_len + i)[:, None],
+                           live[:, None], cache=cache)
+    return i + 1, logits[:, 0], cache, out_tok, out_logp, out_ent, done
+
+  init = (jnp.zeros((), jnp.int32), last_logits, cache,
+          jnp.full((r, c), params.pad_id, jnp.int32),
+          jnp.zeros((r, c), jnp.float32), jnp.zeros((r, c), jnp.float32),
+          jnp.zeros((r,), bool))
+  _, _, _, out_tok, out_logp, out_ent, _ = jax.lax.while_loop(cond, body, init)
+
+  # A row's completion runs up to and including its first stop token.
+  is_stop = jnp.isin(out_tok, stop_ids) & (params.stop_token_ids != ())
+  stopped_before = jnp.cumsum(is_stop, axis=1) - is_stop
+  completion_mask = (stopped_before == 0).astype(jnp.int32)
+  lengths = completion_mask.sum(axis=1)
+  completion_mask = completion_mask * (jnp.arange(c) < lengths[:, None])
+  positions_rc = prompt_len[:, None] + jnp.arange(c)[None, :]
+  return Rollout(
+      tokens=jnp.concatenate([tokens_rp, out_tok], axis=1),
+      positions=jnp.concatenate([positions_rp, positions_rc],
+                                axis=1).astype(jnp.int32),
+      prompt_mask=mask_rp,
+      completion_mask=completion_mask.astype(jnp.int32),
+      lengths=lengths.astype(jnp.int32),
+      logp=out_logp * completion_mask,
+      entropy=out_ent * completion_mask,
+      prompt_index=prompt_index)
