@@ -1,0 +1,266 @@
+"""The RL train step: one jit, micro-batch accumulation, one backward pass.
+
+Per micro-batch (DESIGN.md §1):
+  1. `stats, pullback = jax.vjp(completion_stats, params)`  — logp, H, m2, m3
+  2. `g = ∂L/∂(logp, H)` of the aggregated token loss (policy loss + KL)
+  3. `g', ctrl_state = controller.update(g, ctrl_state, logp=…, key=…)`
+  4. `param_grads = pullback(g')`                            — ONE backward
+then the averaged gradient goes through the optimizer. A non-finite loss or
+gradient skips the update (state unchanged but `skipped` counted).
+
+Axis legend: R rows (sequences), S = P + C sequence, P prompt bucket,
+C completion length, M micro-batches.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from flax import struct
+
+from jaxrl_ent.entropy import controllers
+from jaxrl_ent.entropy import token_stats as token_stats_lib
+from jaxrl_ent.entropy import types
+from jaxrl_ent.rl import aggregation
+from jaxrl_ent.rl import kl
+from jaxrl_ent.rl import registry
+from jaxrl_ent.train import state as state_lib
+
+
+@struct.dataclass
+class RLBatch:
+  """One batch of scored rollouts, ready for the policy update.
+
+  Attributes:
+    tokens: int32 [R, S] prompt (left-padded) + completion.
+    positions: int32 [R, S] RoPE positions.
+    attention_mask: int32 [R, S] 1 on real tokens.
+    completion_mask: int32 [R, C] 1 on generated tokens (incl. the stop).
+    old_logp: float32 [R, C] behaviour log-probs (the PPO ratio denominator).
+    advantages: float32 [R, C].
+    ref_logp: float32 [R, C] reference log-probs (zeros when KL is off).
+  """
+  tokens: jax.Array
+  positions: jax.Array
+  attention_mask: jax.Array
+  completion_mask: jax.Array
+  old_logp: jax.Array
+  advantages: jax.Array
+  ref_logp: jax.Array
+
+  @property
+  def prompt_len(self) -> int:
+    return self.tokens.shape[1] - self.completion_mask.shape[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Static settings of the token loss (hashable: part of the jit key).
+
+  Attributes:
+    policy_loss: name in `rl.registry.POLICY_LOSSES`.
+    policy_loss_kwargs: (name, value) pairs for it, e.g. eps_low/eps_high.
+    agg_mode: name in `rl.aggregation.AGG_MODES`.
+    loss_scale_factor: C of `seq-mean-token-sum-norm` (None = padded T).
+    kl_coef: weight of the KL-to-reference loss (0 = off).
+    kl_kind: KL estimator name (`low_var_kl`, `k1`, `k3+`, …).
+    temperature: sampling temperature; log-probs and entropies use it.
+    token_chunk, vocab_chunk: chunking of the token statistics.
+    num_micro_batches: M; the rows are split into M equal micro-batches
+      whose gradients are averaged (verl's mean of micro-batch means).
+  """
+  policy_loss: str = "ppo_clip"
+  policy_loss_kwargs: tuple[tuple[str, Any], ...] = ()
+  agg_mode: str = "token-mean"
+  loss_scale_factor: float | None = None
+  kl_coef: float = 0.0
+  kl_kind: str = "low_var_kl"
+  temperature: float = 1.0
+  token_chunk: int = 256
+  vocab_chunk: int | None = 8192
+  num_micro_batches: int = 1
+
+  def validate(self):
+    registry.POLICY_LOSSES.validate(self.policy_loss)
+    registry.AGG_MODES.validate(self.agg_mode)
+    registry.KL_ESTIMATORS.validate(self.kl_kind)
+    if self.kl_coef < 0:
+      raise ValueError(f"loss.kl_coef must be >= 0, got {self.kl_coef}.")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+    if self.num_micro_batches < 1:
+      raise ValueError("loss.num_micro_batches must be >= 1.")
+    return self
+
+
+def completion_stats(model, batch: RLBatch, *, temperature, token_chunk,
+                     vocab_chunk) -> types.TokenStats:
+  """Token statistics [R, C] of the completion tokens under `model`."""
+  hidden, _ = model.hidden_states(batch.tokens, batch.positions,
+                                  batch.attention_mask)
+  p = batch.prompt_len
+  # The hidden state at t predicts token t + 1.
+  return token_stats_lib.token_stats(
+      hidden[:, p - 1:-1], model.head_weight(), batch.tokens[:, p:],
+      temperature=temperature, token_chunk=token_chunk,
+      vocab_chunk=vocab_chunk)
+
+
+def make_stats_fn(graphdef, rest, loss_cfg: LossConfig):
+  """`fn(params, batch) -> TokenStats` (jitted; no gradient)."""
+
+  @jax.jit
+  def fn(params, batch):
+    model = nnx.merge(graphdef, params, rest)
+    return completion_stats(model, batch, temperature=loss_cfg.temperature,
+                            token_chunk=loss_cfg.token_chunk,
+                            vocab_chunk=loss_cfg.vocab_chunk)
+  return fn
+
+
+def _token_loss(loss_cfg: LossConfig, batch: RLBatch):
+  policy_loss = registry.get_policy_loss(loss_cfg.policy_loss)
+  kwargs = dict(loss_cfg.policy_loss_kwargs)
+  mask = batch.completion_mask
+
+  def loss_fn(logp, entropy):
+    del entropy  # Entropy enters only through the controllers.
+    pg_bt, metrics = policy_loss(logp, batch.old_logp, batch.advantages, mask,
+                                 **kwargs)
+    pg = aggregation.agg_loss(pg_bt, mask, loss_cfg.agg_mode,
+                              loss_scale_factor=loss_cfg.loss_scale_factor)
+    total = pg
+    kl_value = jnp.zeros((), jnp.float32)
+    if loss_cfg.kl_coef > 0:
+      kl_bt = kl.kl_penalty(logp, batch.ref_logp, loss_cfg.kl_kind)
+      kl_value = aggregation.agg_loss(
+          kl_bt, mask, loss_cfg.agg_mode,
+          loss_scale_factor=loss_cfg.loss_scale_factor)
+      total = total + loss_cfg.kl_coef * kl_value
+    return total, {"actor/pg_loss": pg, "actor/kl_loss": kl_value,
+                   **{f"actor/{k}": v for k, v in metrics.items()}}
+  return loss_fn
+
+
+def _split_micro(batch: RLBatch, m: int) -> RLBatch:
+  rows = batch.tokens.shape[0]
+  if rows % m:
+    raise ValueError(f"{rows} rows do not split into num_micro_batches={m}.")
+  return jax.tree.map(lambda x: x.reshape((m, rows // m) + x.shape[1:]),
+                      batch)
+
+
+def make_train_step(graphdef, rest, optimizer, controller,
+                    loss_cfg: LossConfig, *, donate: bool = True):
+  """Builds `step(state, batch, key) -> (state, metrics)`, jitted.
+
+  Args:
+    graphdef, rest: from `train.state.split_model(model)`.
+    optimizer: optax transform over the params.
+    controller: token-space controller chain (e.g. from
+      `entropy.controllers.attributed_chain`); `optax.identity()` for none.
+    loss_cfg: the token loss.
+    donate: donate the input state's buffers.
+  """
+  loss_cfg.validate()
+  m = loss_cfg.num_micro_batches
+  # Plain optax transforms (e.g. optax.identity()) ignore the extra args.
+  controller = optax.with_extra_args_support(controller)
+
+  def micro_step(params, ctrl_state, micro: RLBatch, key):
+    def stats_fn(p):
+      model = nnx.merge(graphdef, p, rest)
+      return completion_stats(model, micro, temperature=loss_cfg.temperature,
+                              token_chunk=loss_cfg.token_chunk,
+                              vocab_chunk=loss_cfg.vocab_chunk)
+
+    stats, pullback = jax.vjp(stats_fn, params)
+    loss_fn = _token_loss(loss_cfg, micro)
+    (loss, metrics), (g_logp, g_ent) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(stats.logp, stats.entropy)
+    mask = micro.completion_mask
+    weights = aggregation.aggregation_weights(
+        mask, loss_cfg.agg_mode, loss_scale_factor=loss_cfg.loss_scale_factor)
+    g, ctrl_state = controller.update(
+        types.TokenGrads(logp=g_logp, entropy=g_ent), ctrl_state, None,
+        logp=stats.logp, old_logp=micro.old_logp,
+        advantages=micro.advantages, mask=mask, entropy=stats.entropy,
+        m2=stats.m2, m3=stats.m3, weights=weights, key=key)
+    zeros = jnp.zeros_like(stats.logp)
+    (grads,) = pullback(types.TokenStats(logp=g.logp, entropy=g.entropy,
+                                         m2=zeros, m3=zeros))
+    # Report the loss the controllers optimise too: L + Σ(g' − g)·stat is its
+    # first-order value; the policy part is `actor/pg_loss`.
+    metrics = dict(metrics)
+    metrics["actor/loss"] = loss
+    metrics["actor/entropy"] = aggregation.masked_mean(stats.entropy, mask)
+    metrics["actor/logp_mean"] = aggregation.masked_mean(stats.logp, mask)
+    return grads, ctrl_state, metrics
+
+  def step(state: state_lib.TrainState, batch: RLBatch, key):
+    micro_batches = _split_micro(batch, m)
+
+    def body(carry, xs):
+      grads_acc, ctrl_state = carry
+      micro, i = xs
+      grads, ctrl_state, metrics = micro_step(
+          state.params, ctrl_state, micro, jax.random.fold_in(key, i))
+      grads_acc = jax.tree.map(lambda a, g: a + g / m, grads_acc, grads)
+      return (grads_acc, ctrl_state), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, ctrl_state), metrics = jax.lax.scan(
+        body, (zeros, state.ctrl_state), (micro_batches, jnp.arange(m)))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["actor/loss"])
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + finite.astype(jnp.int32),
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        ctrl_state=keep(ctrl_state, state.ctrl_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32))
+    metrics["actor/grad_norm"] = grad_norm
+    metrics["train/update_finite"] = finite.astype(jnp.float32)
+    metrics.update(controller_metrics(new_state.ctrl_state))
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def controller_metrics(ctrl_state) -> dict[str, jax.Array]:
+  """Flat `entropy/...` metrics from a controller chain state.
+
+  An `attributed_chain` state gives `entropy/pred_dH/<source>`; every other
+  stage contributes its scalar state fields (coefficients, fractions touched)
+  as `entropy/<stage>/<field>`.
+  """
+  out = {}
+  if isinstance(ctrl_state, dict):
+    items = list(ctrl_state.items())
+    if any(k.startswith("dH:") for k, _ in items):
+      for source, value in controllers.entropy_change_by_source(
+          ctrl_state).items():
+        out[f"entropy/pred_dH/{source}"] = value
+      tracker = ctrl_state.get("dH:input")
+      if tracker is not None:
+        out["entropy/covariance"] = tracker.covariance
+  else:
+    items = [("controller", ctrl_state)]
+  for name, st in items:
+    if name.startswith("dH:") or not hasattr(st, "_fields"):
+      continue
+    for field in st._fields:
+      value = getattr(st, field)
+      if field != "count" and getattr(value, "ndim", 1) == 0:
+        out[f"entropy/{name}/{field}"] = jnp.asarray(value, jnp.float32)
+  return out
