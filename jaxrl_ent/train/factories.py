@@ -1,0 +1,104 @@
+"""`make_*` factories: the only place (with launchers) that reads config.
+
+They turn config blocks into the objects the kernels take: the entropy
+controller chain, the parameter optimizer and the static loss settings.
+"""
+
+import optax
+
+from jaxrl_ent.entropy import controllers
+from jaxrl_ent.entropy import schedules
+from jaxrl_ent.rl import train_step
+from jaxrl_ent.train import optim
+
+ENTROPY_METHODS = ("none", "entropy_bonus", "clip_cov", "kl_cov",
+                   "high_entropy_tokens", "adaptive_entropy")
+ANNEALS = ("constant", "linear", "cosine", "inverse_power")
+
+
+def anneal(value: float, cfg, updates_per_step: int):
+  """A schedule starting at `value`, annealed per `cfg.anneal`.
+
+  Durations in `cfg` are in optimizer steps; controllers count micro-batch
+  updates, so they are scaled by `updates_per_step`.
+  """
+  kind = cfg.get("anneal", "constant")
+  if kind not in ANNEALS:
+    raise ValueError(f"entropy.anneal={kind!r}; allowed: {ANNEALS}.")
+  if kind == "constant":
+    return value
+  steps = int(cfg.get("anneal_steps", 100)) * updates_per_step
+  end = float(cfg.get("anneal_end", 0.0))
+  if kind == "linear":
+    return schedules.linear(value, value * end, steps)
+  if kind == "cosine":
+    return schedules.cosine(value, steps, end)
+  return schedules.inverse_power(
+      value, float(cfg.get("anneal_tau", 50)) * updates_per_step,
+      float(cfg.get("anneal_power", 0.5)))
+
+
+def make_controller(cfg, *, clip_eps_low: float = 0.2,
+                    clip_eps_high: float = 0.2, updates_per_step: int = 1,
+                    track: bool = True):
+  """The token-space controller chain for `config.entropy`.
+
+  The chain is wrapped in `controllers.attributed_chain`, so the predicted
+  entropy change is recorded per source (`entropy/pred_dH/*` metrics).
+  """
+  method = cfg.method
+  if method not in ENTROPY_METHODS:
+    raise ValueError(f"entropy.method={method!r}; allowed: "
+                     f"{ENTROPY_METHODS}.")
+  coef = lambda v: anneal(v, cfg, updates_per_step)
+  if method == "none":
+    stages = []
+  elif method == "entropy_bonus":
+    stages = [("entropy_bonus", controllers.entropy_bonus(coef(cfg.coef)))]
+  elif method == "clip_cov":
+    if not cfg.clip_cov_lb < cfg.clip_cov_ub:
+      raise ValueError(f"entropy.clip_cov_lb={cfg.clip_cov_lb} must be < "
+                       f"entropy.clip_cov_ub={cfg.clip_cov_ub}.")
+    stages = [("clip_cov", controllers.clip_cov(
+        ratio=coef(cfg.ratio), lb=cfg.clip_cov_lb, ub=cfg.clip_cov_ub,
+        clip_eps_low=clip_eps_low, clip_eps_high=clip_eps_high))]
+  elif method == "kl_cov":
+    stages = [("kl_cov", controllers.kl_cov(ratio=cfg.ratio,
+                                            coef=coef(cfg.coef)))]
+  elif method == "high_entropy_tokens":
+    stages = [("high_entropy_tokens",
+               controllers.high_entropy_tokens(quantile=cfg.quantile))]
+  else:
+    stages = [("adaptive_entropy", controllers.adaptive_entropy(
+        target=cfg.target, rule=cfg.rule, delta=cfg.delta, lr=cfg.lr,
+        coef_min=cfg.coef_min, coef_max=cfg.coef_max,
+        measure=cfg.get("measure", "old_logp")))]
+  if track:
+    return controllers.attributed_chain(*stages)
+  return optax.chain(*[t for _, t in stages]) if stages else optax.identity()
+
+
+def make_optimizer(cfg, total_steps: int):
+  """`config.optim` → clip → AdamW(schedule)."""
+  return optim.make_optimizer(
+      lr=cfg.lr, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
+      schedule=cfg.schedule, weight_decay=cfg.weight_decay, b1=cfg.b1,
+      b2=cfg.b2, grad_clip=cfg.grad_clip)
+
+
+def make_loss_config(cfg) -> train_step.LossConfig:
+  """`config.loss` (+ sampling temperature) → static `LossConfig`."""
+  kwargs = {}
+  if cfg.policy_loss == "ppo_clip":
+    kwargs = {"eps_low": cfg.clip_eps_low, "eps_high": cfg.clip_eps_high,
+              "clip_ratio_c": cfg.get("clip_ratio_c", None)}
+  elif cfg.policy_loss == "gspo":
+    kwargs = {"eps_low": cfg.get("gspo_eps_low", 3e-4),
+              "eps_high": cfg.get("gspo_eps_high", 4e-4)}
+  return train_step.LossConfig(
+      policy_loss=cfg.policy_loss,
+      policy_loss_kwargs=tuple(sorted(kwargs.items())),
+      agg_mode=cfg.agg_mode, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
+      temperature=cfg.temperature, token_chunk=cfg.token_chunk,
+      vocab_chunk=cfg.get("vocab_chunk", None),
+      num_micro_batches=cfg.num_micro_batches).validate()
