@@ -3,6 +3,11 @@
 Axis legend: `V` vocabulary / actions; leading axes `...` are batch.
 All functions compute in at least float32 (bf16 is upcast, float64 is kept so the
 theory lab can check error orders) and broadcast over leading axes.
+
+Token-space view (DESIGN.md §4): `token_entropy_change` predicts the change
+implied by a per-token cotangent `(∂L/∂logp_t, ∂L/∂H_t)` from `TokenStats`
+alone, without logits; `logit_step_entropy_change` compares prediction and
+measurement for an actual step when logits before and after are at hand.
 """
 
 import jax
@@ -66,3 +71,53 @@ def entropy_change_second_order(logits_v, delta_v):
   sq_v = dc_v**2
   cov_logp_sq = jnp.sum(pi_v * lc_v * (sq_v - jnp.sum(pi_v * sq_v, axis=-1, keepdims=True)), axis=-1)
   return first - 0.5 * (var_delta + cov_logp_sq)
+
+
+def token_entropy_change(stats, grads, lr=1.0):
+  """First-order entropy change per token implied by a token-space cotangent.
+
+  A loss gradient `g = (g_l, g_H) = (∂L/∂logp_t, ∂L/∂H_t)` moves the tempered
+  logits of token t (tabular view, logits as free parameters) by
+  `Δz = −η ∂L/∂z = −η[g_l (e_y − π) + g_H ∂H/∂z]`. Contracting with
+  `∂H/∂z_a = −π_a(log π_a + H)` (Lemma F1) gives (DESIGN.md §4)
+
+  .. math::
+    ΔH_t ≈ η\\,[g_l(π_y(\\log π_y + H) − m_2) − g_H m_3],
+
+  which equals `−Cov_π(log π, Δz)` exactly (entropy_change_first_order); e.g.
+  the surrogate `L = −w·logp` gives `−ηw[π_y(log π_y + H) − m2]`
+  (entropy_methods.md §1.3) and a bonus `L = −α H` gives `+ηα·m3 ≥ 0` (§1.5).
+
+  Args:
+    stats: `types.TokenStats` (fields `[B, T]`).
+    grads: `types.TokenGrads` (fields `[B, T]`).
+    lr: logit-space step size η (float or array broadcastable to `[B, T]`).
+
+  Returns:
+    float32 `[B, T]`, predicted `H_t(after) − H_t(before)`; error O(η²).
+  """
+  logp = _upcast(stats.logp)
+  pg_term = jnp.exp(logp) * (logp + stats.entropy) - stats.m2
+  return lr * (grads.logp * pg_term - grads.entropy * stats.m3)
+
+
+def logit_step_entropy_change(logits_v, new_logits_v, temperature=1.0):
+  """Predicted and measured entropy change for an actual logit step.
+
+  For the occasional extra forward on the same batch (DESIGN.md §4): with
+  `z = logits/τ` and `Δz = (new_logits − logits)/τ`, returns the exact-logit
+  first-order prediction `−Cov_π(log π, Δz)` and the measured
+  `H(z + Δz) − H(z)`.
+
+  Args:
+    logits_v: logits before the step, `[..., V]`.
+    new_logits_v: logits after the step, `[..., V]`.
+    temperature: τ > 0.
+
+  Returns:
+    `(predicted, measured)`, each float32 `[...]`.
+  """
+  z_v = _upcast(logits_v) / temperature
+  new_z_v = _upcast(new_logits_v) / temperature
+  predicted = entropy_change_first_order(z_v, new_z_v - z_v)
+  return predicted, entropy(new_z_v) - entropy(z_v)
