@@ -376,8 +376,18 @@ def load_tokenizer(path: str | os.PathLike):
   path = pathlib.Path(path)
   if not path.is_dir():
     raise CheckpointError(f"{path}: tokenizer folder does not exist.")
+  # A generic tokenizer (trained with `tokenizers`, saved as
+  # TokenizersBackend/PreTrainedTokenizerFast) must load as exactly that:
+  # AutoTokenizer would otherwise pick the class of config.json's model_type
+  # (e.g. Qwen2Tokenizer) and re-split the text with that model's
+  # pre-tokenizer, silently changing the token ids.
+  generic = ("TokenizersBackend", "PreTrainedTokenizerFast")
+  tok_cfg = path / "tokenizer_config.json"
+  cls = transformers.AutoTokenizer
   try:
-    return transformers.AutoTokenizer.from_pretrained(
-        str(path), local_files_only=True)
-  except (OSError, ValueError) as e:
+    if (tok_cfg.exists() and json.loads(tok_cfg.read_text()).get(
+        "tokenizer_class") in generic):
+      cls = transformers.PreTrainedTokenizerFast
+    return cls.from_pretrained(str(path), local_files_only=True)
+  except (OSError, ValueError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path}: cannot load a tokenizer ({e}).") from e

@@ -78,15 +78,21 @@ class RoundTripTest(parameterized.TestCase):
 class TokenizerTest(absltest.TestCase):
 
   def test_tokenizer_and_chat_template_round_trip(self):
-    tok = tiny_hf.tiny_tokenizer()
+    # Digit merges (" 1", ...) make the ids depend on the pre-tokenizer:
+    # the saved folder also holds a qwen2 config.json, whose tokenizer class
+    # would split digits one by one.
+    tok = tiny_hf.tiny_tokenizer(["reverse: 1 2 3 = 3 2 1", "7 * 6 = 42"])
     with tempfile.TemporaryDirectory() as d:
       tiny_hf.write_checkpoint(pathlib.Path(d) / "a", "qwen2",
                                vocab_size=len(tok))
       model = models.from_pretrained(pathlib.Path(d) / "a")
       models.save_pretrained(model, pathlib.Path(d) / "b", tokenizer=tok)
       loaded = models.load_tokenizer(pathlib.Path(d) / "b")
-    text = "entropy falls, 7 * 6 = 42"
+    text = "reverse: 1 2 3 = 3 2 1; 7 * 6 = 42"
     self.assertEqual(loaded(text)["input_ids"], tok(text)["input_ids"])
+    # The check is meaningful: some ids are multi-character merges.
+    self.assertTrue(any(len(tok.decode([i])) > 1
+                        for i in tok(text)["input_ids"]))
     self.assertEqual(loaded.decode(loaded(text)["input_ids"]), text)
     chat = loaded.apply_chat_template(
         [{"role": "user", "content": "What is 7 * 6?"}],
