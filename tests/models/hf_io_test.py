@@ -81,7 +81,8 @@ class TokenizerTest(absltest.TestCase):
     # Digit merges (" 1", ...) make the ids depend on the pre-tokenizer:
     # the saved folder also holds a qwen2 config.json, whose tokenizer class
     # would split digits one by one.
-    tok = tiny_hf.tiny_tokenizer(["reverse: 1 2 3 = 3 2 1", "7 * 6 = 42"])
+    tok = tiny_hf.tiny_tokenizer(["reverse: 1 2 3 = 3 2 1", "7 * 6 = 42"],
+                                 vocab_size=300)
     with tempfile.TemporaryDirectory() as d:
       tiny_hf.write_checkpoint(pathlib.Path(d) / "a", "qwen2",
                                vocab_size=len(tok))
