@@ -21,6 +21,7 @@ from flax import nnx
 from flax import struct
 
 from jaxrl_ent import sharding
+from jaxrl_ent.data import tokenization
 from jaxrl_ent.models import decoder
 from jaxrl_ent.rollout import sampling
 
@@ -111,36 +112,6 @@ class SamplingParams:
                          f"vocabulary [0, {vocab_size}).")
 
 
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-  """Smallest bucket >= length."""
-  for b in sorted(buckets):
-    if b >= length:
-      return b
-  raise ValueError(f"prompt of {length} tokens is longer than the largest "
-                   f"bucket {max(buckets)}.")
-
-
-def default_buckets(max_prompt_len: int, smallest: int = 16) -> tuple[int, ...]:
-  """Powers of two from `smallest` up to, and including, `max_prompt_len`."""
-  out, b = [], smallest
-  while b < max_prompt_len:
-    out.append(b)
-    b *= 2
-  return tuple(out) + (max_prompt_len,)
-
-
-def pad_prompts(prompts: Sequence[Sequence[int]], length: int, pad_id: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads token lists to [B, length]; returns (tokens, mask) int32."""
-  tokens = np.full((len(prompts), length), pad_id, np.int32)
-  mask = np.zeros((len(prompts), length), np.int32)
-  for i, p in enumerate(prompts):
-    if len(p):
-      tokens[i, length - len(p):] = p
-      mask[i, length - len(p):] = 1
-  return tokens, mask
-
-
 def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
              max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, n_samples: int = 1,
@@ -185,7 +156,8 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
     raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a "
                      f"prompt in the model's context of "
                      f"{cfg.max_position_embeddings} tokens.")
-  buckets = tuple(prompt_buckets or default_buckets(max_prompt_len))
+  buckets = tuple(prompt_buckets or
+                  tokenization.default_buckets(max_prompt_len))
 
   if isinstance(prompts, tuple) and len(prompts) == 2 and hasattr(
       prompts[0], "shape"):
@@ -206,13 +178,14 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
     i = int(np.argmax(lengths))
     raise ValueError(f"prompts: prompt {i} has {int(lengths[i])} tokens, more "
                      f"than max_prompt_len={max_prompt_len}.")
-  length = bucket_length(int(lengths.max()), buckets)
-  if tokens is None:
-    tokens, mask = pad_prompts(prompts, length, pad_id)
-  elif tokens.shape[1] != length:
-    # Re-pad array input into its bucket (keep the left padding).
-    tokens, mask = pad_prompts(
-        [t[m.astype(bool)] for t, m in zip(tokens, mask)], length, pad_id)
+  length = tokenization.bucket_length(int(lengths.max()), buckets)
+  if tokens is None or tokens.shape[1] != length:
+    # Left-pad token lists (or re-pad arrays) into their bucket.
+    if tokens is not None:
+      prompts = [t[m.astype(bool)] for t, m in zip(tokens, mask)]
+    padded = tokenization.left_pad([np.asarray(p, np.int32) for p in prompts],
+                                   (length,), pad_id)
+    tokens, mask = padded["tokens"], padded["mask"]
   if (tokens >= cfg.vocab_size).any() or (tokens < 0).any():
     raise ValueError(f"prompts: token ids must be in [0, {cfg.vocab_size}).")
 
