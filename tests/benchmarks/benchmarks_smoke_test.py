@@ -10,7 +10,7 @@ from absl.testing import parameterized
 
 class BenchmarkSmokeTest(parameterized.TestCase):
 
-  @parameterized.parameters(("rollout",))
+  @parameterized.parameters(("rollout",), ("controllers",))
   def test_runs_and_writes_json(self, name):
     out = self.create_tempdir().full_path + f"/{name}.json"
     proc = subprocess.run(

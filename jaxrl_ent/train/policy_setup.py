@@ -1,0 +1,139 @@
+"""Builds the policy and tokenizer a run starts from, and its warm start.
+
+Restore order for the *initial weights* (the run's own checkpoints come
+first, see `train.checkpoint`): `config.model_path` (an HF folder) → a tiny
+model built from `config.model` with an in-process tokenizer (synthetic
+tasks), optionally warm-started by supervised fine-tuning on the task's
+demonstrations (`config.sft`), cached in `<workdir>/sft_policy` so a rerun
+or a comparison study reuses it.
+"""
+
+import logging
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jaxrl_ent import models
+from jaxrl_ent import sharding
+from jaxrl_ent.models import tiny_hf
+from jaxrl_ent.rewards import tasks
+from jaxrl_ent.train import optim
+from jaxrl_ent.train import sft as sft_lib
+from jaxrl_ent.train import state as state_lib
+
+_LOG = logging.getLogger(__name__)
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def task_examples(data_cfg, split: str, n: int) -> list[dict]:
+  return tasks.generate(data_cfg.task, n, split=split, seed=data_cfg.task_seed,
+                        **dict(data_cfg.task_kwargs))
+
+
+def build_tokenizer_for_task(data_cfg):
+  """A byte-level BPE trained on the task's train prompts and answers."""
+  corpus = [f"{e['prompt']} {e['answer']}"
+            for e in task_examples(data_cfg, "train", 2000)]
+  return tiny_hf.tiny_tokenizer(corpus, vocab_size=data_cfg.get(
+      "tokenizer_vocab_size", 320))
+
+
+def build_policy(config, mesh, workdir):
+  """(policy, tokenizer) for the run; see the module docstring."""
+  dtype = _DTYPES[config.model.get("dtype", "float32")]
+  rules = sharding.merge_rules(dict(config.sharding.rules))
+  if config.model_path:
+    tokenizer = models.load_tokenizer(config.model_path)
+    policy = models.from_pretrained(
+        config.model_path, mesh, dtype=dtype, rules=rules,
+        remat=config.model.get("remat", False))
+    return policy, tokenizer
+  if not config.data.task:
+    raise ValueError("config.model_path is empty and config.data.task is "
+                     "not set: give a checkpoint, or a synthetic task to "
+                     "build a tiny model for.")
+  sft_dir = pathlib.Path(workdir) / "sft_policy"
+  if config.sft.steps > 0 and (sft_dir / "config.json").exists():
+    _LOG.info("reusing the warm-started policy in %s", sft_dir)
+    return (models.from_pretrained(sft_dir, mesh, dtype=dtype, rules=rules),
+            models.load_tokenizer(sft_dir))
+  tokenizer = build_tokenizer_for_task(config.data)
+  m = config.model
+  cfg = models.ModelConfig(
+      model_type="qwen2", vocab_size=len(tokenizer),
+      hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+      num_layers=m.num_layers, num_heads=m.num_heads,
+      num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+      qkv_bias=True, max_position_embeddings=m.max_position_embeddings,
+      tie_word_embeddings=m.get("tie_word_embeddings", True), dtype=dtype,
+      param_dtype=dtype)
+  policy = models.init_sharded(cfg, mesh, seed=config.seed, rules=rules)
+  if config.sft.steps > 0:
+    policy = supervised_warm_start(policy, tokenizer, config, mesh)
+    models.save_pretrained(policy, sft_dir, tokenizer=tokenizer)
+  return policy, tokenizer
+
+
+def demonstration_batches(examples, tokenizer, *, batch_size: int,
+                          seq_len: int, seed: int):
+  """Endless shuffled batches of `prompt answer<eos>` with a target mask."""
+  eos = tokenizer.eos_token_id
+  rows = []
+  for e in examples:
+    p = tokenizer(e["prompt"])["input_ids"]
+    a = tokenizer(" " + e["answer"])["input_ids"] + [eos]
+    if len(p) + len(a) <= seq_len:
+      rows.append((p, a))
+  if not rows:
+    raise ValueError(f"no demonstration fits sft.seq_len={seq_len}.")
+  rng = np.random.default_rng(seed)
+  pad = tokenizer.pad_token_id or 0
+  while True:
+    idx = rng.integers(0, len(rows), batch_size)
+    tokens = np.full((batch_size, seq_len), pad, np.int32)
+    loss = np.zeros((batch_size, seq_len), np.int32)
+    attn = np.zeros((batch_size, seq_len), np.int32)
+    for i, j in enumerate(idx):
+      p, a = rows[j]
+      tokens[i, :len(p) + len(a)] = p + a
+      attn[i, :len(p) + len(a)] = 1
+      loss[i, len(p):len(p) + len(a)] = 1
+    positions = np.broadcast_to(np.arange(seq_len, dtype=np.int32),
+                                tokens.shape)
+    yield sft_lib.SFTBatch(tokens=tokens, positions=positions,
+                           attention_mask=attn, loss_mask=loss)
+
+
+def supervised_warm_start(policy, tokenizer, config, mesh):
+  """`config.sft.steps` of next-token training on task demonstrations."""
+  s = config.sft
+  examples = task_examples(config.data, "train", s.num_examples)
+  graphdef, params, rest = state_lib.split_model(policy)
+  opt = optim.make_optimizer(lr=s.lr, total_steps=s.steps,
+                             warmup_steps=min(20, s.steps // 10),
+                             schedule="cosine", grad_clip=1.0)
+  with sharding.use_mesh(mesh):
+    state = state_lib.create(params, opt, _NoController())
+    step = sft_lib.make_sft_step(graphdef, rest, opt)
+    batches = demonstration_batches(examples, tokenizer,
+                                    batch_size=s.batch_size,
+                                    seq_len=s.seq_len, seed=config.seed)
+    bar = tqdm.trange(s.steps, desc="sft warm start", leave=False,
+                      disable=jax.process_index() != 0)
+    for i in bar:
+      state, metrics = step(state, next(batches))
+      if i % 20 == 0 or i == s.steps - 1:
+        bar.set_postfix(nll=f"{float(metrics['sft/nll']):.3f}")
+  import flax.nnx as nnx  # pylint: disable=g-import-not-at-top
+  return nnx.merge(graphdef, state.params, rest)
+
+
+class _NoController:
+  """SFT has no token-space controller: an empty, checkpointable state."""
+
+  def init(self, params):
+    del params
+    return ()
