@@ -76,9 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       on_overlong="skip"))
 
   c.sft = ml_collections.ConfigDict(dict(
-      # Short on purpose: SFT alone reaches ~90% by 150 steps; 40 leaves
-      # the RL phase room to show its gain.
-      steps=40, lr=3e-3, batch_size=64, seq_len=32, num_examples=5000))
+      # Short on purpose: a long warm start saturates the task; 60 steps
+      # leave the RL phase room to show its gain.
+      steps=60, lr=3e-3, batch_size=64, seq_len=32, num_examples=5000))
 
   c.rollout = ml_collections.ConfigDict(dict(
       max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, n_samples=8))
@@ -97,15 +97,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.entropy = entropy_config(a.entropy)
 
   c.optim = ml_collections.ConfigDict(dict(
-      lr=3e-4, warmup_steps=0, schedule="constant", weight_decay=0.0,
+      lr=5e-4, warmup_steps=0, schedule="constant", weight_decay=0.0,
       b1=0.9, b2=0.999, grad_clip=1.0))
 
   c.train = ml_collections.ConfigDict(dict(
-      steps=300, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,
+      steps=400, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,
       recompute_old_logp=True, measure_every=1, max_consecutive_skips=5))
 
   c.eval = ml_collections.ConfigDict(dict(
-      every=25, num_examples=256, batch_size=128, pass_k=4,
+      every=50, num_examples=256, batch_size=128, pass_k=4,
       success_threshold=1.0))
 
   if a.runlocal:

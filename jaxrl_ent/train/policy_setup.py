@@ -14,7 +14,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
+from flax import nnx
 
 from jaxrl_ent import models
 from jaxrl_ent import sharding
@@ -116,7 +118,7 @@ def supervised_warm_start(policy, tokenizer, config, mesh):
                              warmup_steps=min(20, s.steps // 10),
                              schedule="cosine", grad_clip=1.0)
   with sharding.use_mesh(mesh):
-    state = state_lib.create(params, opt, _NoController())
+    state = state_lib.create(params, opt, optax.identity())
     step = sft_lib.make_sft_step(graphdef, rest, opt)
     batches = demonstration_batches(examples, tokenizer,
                                     batch_size=s.batch_size,
@@ -127,13 +129,4 @@ def supervised_warm_start(policy, tokenizer, config, mesh):
       state, metrics = step(state, next(batches))
       if i % 20 == 0 or i == s.steps - 1:
         bar.set_postfix(nll=f"{float(metrics['sft/nll']):.3f}")
-  import flax.nnx as nnx  # pylint: disable=g-import-not-at-top
   return nnx.merge(graphdef, state.params, rest)
-
-
-class _NoController:
-  """SFT has no token-space controller: an empty, checkpointable state."""
-
-  def init(self, params):
-    del params
-    return ()
