@@ -12,7 +12,8 @@ task demonstrations (cached in <workdir>/sft_policy), then trained with GRPO
 on the `digits` task (reverse a digit string), scored on held-out prompts.
 The entropy control is one field: `entropy.method` in
 none | entropy_bonus | clip_cov | kl_cov | high_entropy_tokens |
-adaptive_entropy, each annealable through `entropy.anneal`.
+adaptive_entropy | steer | aent, the coefficient-based ones annealable
+through `entropy.anneal`.
 """
 
 import ml_collections
@@ -36,6 +37,8 @@ ENTROPY_PRESETS = {
     "high_entropy_tokens": {"quantile": 0.2},
     "adaptive_entropy": {"target": 0.3, "rule": "bang_bang", "delta": 1e-3,
                          "coef_max": 2e-2},
+    "steer": {"w_min": 0.8},
+    "aent": {"lr": 1e-3, "h_low": 0.2, "h_high": 0.6},
 }
 
 
@@ -47,7 +50,11 @@ def entropy_config(preset: str = "none") -> ml_collections.ConfigDict:
       method=preset, coef=0.0, ratio=2e-4, clip_cov_lb=1.0, clip_cov_ub=5.0,
       quantile=0.2, target=0.2, rule="bang_bang", delta=1e-4, lr=1e-2,
       coef_min=0.0, coef_max=5e-3, measure="old_logp", anneal="constant",
-      anneal_steps=100, anneal_tau=10.0, anneal_power=1.0, anneal_end=0.0))
+      anneal_steps=100, anneal_tau=10.0, anneal_power=1.0, anneal_end=0.0,
+      # STEER and AEnt (entropy/reweighting.py).
+      w_min=0.8, w_max=1.0, steer_mode="exponential", steer_score="reference",
+      coef_init=2e-4, h_low=0.05, h_high=0.23, coef_min_aent=1e-5,
+      coef_max_aent=3e-3))
   e.update(ENTROPY_PRESETS[preset])
   return e
 
@@ -89,7 +96,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(
       policy_loss="ppo_clip", clip_eps_low=0.2, clip_eps_high=0.28,
       clip_ratio_c=10.0, agg_mode="token-mean", kl_coef=0.0,
-      kl_kind="low_var_kl", token_chunk=512, vocab_chunk=None,
+      kl_kind="low_var_kl", kl_in_reward_coef=0.0, kl_in_reward_kind="kl",
+      token_chunk=512, vocab_chunk=None,
       num_micro_batches=1))
   # The loss sees log-probs at the sampling temperature (verl semantics).
   c.loss.temperature = c.rollout.temperature

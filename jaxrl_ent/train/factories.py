@@ -7,12 +7,13 @@ controller chain, the parameter optimizer and the static loss settings.
 import optax
 
 from jaxrl_ent.entropy import controllers
+from jaxrl_ent.entropy import reweighting
 from jaxrl_ent.entropy import schedules
 from jaxrl_ent.rl import train_step
 from jaxrl_ent.train import optim
 
 ENTROPY_METHODS = ("none", "entropy_bonus", "clip_cov", "kl_cov",
-                   "high_entropy_tokens", "adaptive_entropy")
+                   "high_entropy_tokens", "adaptive_entropy", "steer", "aent")
 ANNEALS = ("constant", "linear", "cosine", "inverse_power")
 
 
@@ -68,6 +69,17 @@ def make_controller(cfg, *, clip_eps_low: float = 0.2,
   elif method == "high_entropy_tokens":
     stages = [("high_entropy_tokens",
                controllers.high_entropy_tokens(quantile=cfg.quantile))]
+  elif method == "steer":
+    stages = [("steer", reweighting.steer(
+        w_min=cfg.get("w_min", 0.8), w_max=cfg.get("w_max", 1.0),
+        mode=cfg.get("steer_mode", "exponential"),
+        score=cfg.get("steer_score", "reference")))]
+  elif method == "aent":
+    stages = [("aent", reweighting.aent(
+        coef_init=cfg.get("coef_init", 2e-4), lr=cfg.lr,
+        h_low=cfg.get("h_low", 0.05), h_high=cfg.get("h_high", 0.23),
+        coef_min=cfg.get("coef_min_aent", 1e-5),
+        coef_max=cfg.get("coef_max_aent", 3e-3)))]
   else:
     stages = [("adaptive_entropy", controllers.adaptive_entropy(
         target=cfg.target, rule=cfg.rule, delta=cfg.delta, lr=cfg.lr,

@@ -28,6 +28,8 @@ from jaxrl_ent import rewards as rewards_lib
 from jaxrl_ent import rollout
 from jaxrl_ent import sharding
 from jaxrl_ent.data import pipeline
+from jaxrl_ent.rl import advantages as rl_advantages
+from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry as rl_registry
 from jaxrl_ent.rl import train_step as ts
 from jaxrl_ent.train import factories
@@ -165,8 +167,10 @@ def train_and_evaluate(config, workdir) -> dict:
   train_step = ts.make_train_step(graphdef, rest, optimizer, controller,
                                   loss_cfg)
   stats_fn = ts.make_stats_fn(graphdef, rest, loss_cfg)
+  # A frozen copy of the initial policy when any KL term needs it.
   ref_params = (jax.tree.map(jnp.copy, params)
-                if loss_cfg.kl_coef > 0 else None)
+                if loss_cfg.kl_coef > 0 or config.loss.kl_in_reward_coef > 0
+                else None)
   rows = t.prompts_per_step * group
   if rows % t.num_mini_batches:
     raise ValueError(f"train.prompts_per_step × rollout.n_samples = {rows} "
@@ -208,16 +212,27 @@ def train_and_evaluate(config, workdir) -> dict:
     refs = [r for r in batch["references"] for _ in range(group)]
     scored = scorer.score(reward_fn, texts, refs,
                           timeout_s=config.reward.timeout_s)
-    rewards_b = jnp.asarray(scored.rewards, jnp.float32)
     mask = out.completion_mask
+    with sharding.use_mesh(mesh):
+      # Statistics of the rollout under the current and reference policies
+      # (advantages are not needed for them).
+      probe = _rl_batch(out, jnp.zeros_like(out.logp), out.logp, out.logp)
+      before = stats_fn(state.params, probe)
+      old_logp = (before.logp * mask if t.recompute_old_logp else out.logp)
+      ref_logp = (stats_fn(ref_params, probe).logp * mask
+                  if ref_params is not None else jnp.zeros_like(out.logp))
+    rewards_b = jnp.asarray(scored.rewards, jnp.float32)
+    reward_kl = None
+    if config.loss.kl_in_reward_coef > 0:
+      # verl `use_kl_in_reward`: r_t ← r_t − β·k(old, ref) per token; the
+      # outcome estimators then see the sequence sum.
+      token_rewards, reward_kl = kl.kl_in_reward(
+          rl_advantages.last_token_rewards(rewards_b, mask), old_logp,
+          ref_logp, mask, config.loss.kl_in_reward_coef,
+          kind=config.loss.kl_in_reward_kind)
+      rewards_b = jnp.sum(token_rewards, axis=1)
     advantages = estimator(rewards_b, mask, group_size=group)
     with sharding.use_mesh(mesh):
-      before = stats_fn(state.params, _rl_batch(out, advantages, out.logp,
-                                                out.logp))
-      old_logp = (before.logp * mask if t.recompute_old_logp else out.logp)
-      ref_logp = (stats_fn(ref_params, _rl_batch(out, advantages, out.logp,
-                                                 out.logp)).logp * mask
-                  if ref_params is not None else jnp.zeros_like(out.logp))
       full = _rl_batch(out, advantages, old_logp, ref_logp)
       step_metrics = []
       mb_rows = rows // t.num_mini_batches
@@ -256,6 +271,9 @@ def train_and_evaluate(config, workdir) -> dict:
         "perf/time_rollout": rollout_s,
     })
     m.update(scored.metrics("reward"))
+    if reward_kl is not None:
+      m["critic/kl_in_reward"] = float(reward_kl)
+      m["critic/rewards/mean"] = float(np.mean(np.asarray(rewards_b)))
     if after is not None:
       m["entropy/measured_dH"] = (
           float(np.asarray(after.entropy)[valid].mean()) - h_before)

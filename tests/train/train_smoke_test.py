@@ -7,11 +7,13 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from configs import grpo_tiny
+from jaxrl_ent import rewards
 from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import rl_loop
 
 METHODS = ("none", "entropy_bonus", "entropy_bonus_annealed", "clip_cov",
-           "kl_cov_annealed", "high_entropy_tokens", "adaptive_entropy")
+           "kl_cov_annealed", "high_entropy_tokens", "adaptive_entropy",
+           "steer", "aent")
 
 
 class TrainSmokeTest(parameterized.TestCase):
@@ -40,6 +42,28 @@ class TrainSmokeTest(parameterized.TestCase):
       self.assertIn(f"entropy/pred_dH/{stage}", last)
     with open(f"{workdir}/summary.json") as f:
       self.assertEqual(json.load(f)["steps"], summary["steps"])
+
+  def test_kl_in_loss_and_in_reward(self):
+    config = grpo_tiny.get_config("runlocal")
+    config.reward.backend = "inline"
+    config.sft.steps = 0
+    config.tensorboard = False
+    config.loss.kl_coef = 0.05
+    config.loss.kl_in_reward_coef = 0.05
+    # A reward that varies within every group (completion length), so the
+    # random policy gets non-zero advantages and its first update moves it
+    # away from the reference.
+    rewards.register("smoke_length", lambda c, r: float(len(c)),
+                     overwrite=True)
+    config.reward.spec = "smoke_length"
+    workdir = self.create_tempdir().full_path
+    rl_loop.train_and_evaluate(config, workdir)
+    rows = metrics_lib.read_jsonl(workdir)
+    # Step 1 starts from the reference policy: both KLs are exactly 0 there;
+    # after one update the policy has moved and the loss KL is positive.
+    self.assertEqual(rows[1]["critic/kl_in_reward"], 0.0)
+    self.assertGreater(rows[2]["actor/kl_loss"], 0.0)
+    self.assertTrue(math.isfinite(rows[2]["critic/kl_in_reward"]))
 
 
 if __name__ == "__main__":
