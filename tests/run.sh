@@ -5,10 +5,11 @@
 set -u
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
-python -m pytest -n 2 --dist loadfile tests --ignore=tests/multidevice \
+python -m pytest -p no:benchmark -n 2 --dist loadfile tests \
+  --ignore=tests/multidevice \
   --junitxml="$out/single.xml" "$@"
 rc1=$?
-python -m pytest tests/multidevice --junitxml="$out/multi.xml" "$@"
+python -m pytest -p no:benchmark tests/multidevice --junitxml="$out/multi.xml" "$@"
 rc2=$?
 python - "$out/single.xml" "$out/multi.xml" <<'PY'
 import sys, xml.etree.ElementTree as ET
