@@ -64,7 +64,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = a.seed
   c.model_path = ""
+  # Another run's checkpoint directory (or one step dir) to continue from
+  # when this workdir has none (see jaxrl_ent/train/checkpoint.py).
+  c.resume_from = ""
   c.tensorboard = True
+  c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3,
+                                                async_save=True))
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
   c.sharding = ml_collections.ConfigDict({"rules": {}})
 
@@ -128,6 +133,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 8
     c.eval.pass_k = 2
     c.eval.every = 2
+    c.checkpoint.every = 1
     c.tensorboard = True
   if a.steps:
     c.train.steps = a.steps

@@ -16,6 +16,8 @@ across the host loop.
 import json
 import logging
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -32,6 +34,7 @@ from jaxrl_ent.rl import advantages as rl_advantages
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry as rl_registry
 from jaxrl_ent.rl import train_step as ts
+from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import factories
 from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import optim
@@ -121,6 +124,25 @@ def _rl_batch(out, advantages, old_logp, ref_logp) -> ts.RLBatch:
       advantages=advantages, ref_logp=ref_logp)
 
 
+class _PreemptionFlag:
+  """SIGTERM (TPU preemption notice) sets a flag; the loop finishes the step,
+  writes a checkpoint and returns. Only installable from the main thread."""
+
+  def __init__(self):
+    self.is_set = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self.is_set = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train_and_evaluate(config, workdir) -> dict:
   """Runs GRPO/PPO as `config` says; returns the run summary (also written
   to `<workdir>/summary.json`)."""
@@ -186,17 +208,41 @@ def train_and_evaluate(config, workdir) -> dict:
   def current_policy():
     return nnx.merge(graphdef, state.params, rest)
 
+  # ------------------------------------------------------ checkpoints
+  # Restore order: this run's checkpoints → config.resume_from → the initial
+  # weights built above (HF folder or tiny model + warm start) → scratch.
+  c = config.checkpoint
+  ckpt = checkpoint.Checkpointer(workdir / "ckpt", max_to_keep=c.keep,
+                                 save_interval_steps=c.every,
+                                 async_save=c.async_save)
+  start_step = 0
   summary = {"workdir": str(workdir)}
-  with sharding.use_mesh(mesh):
-    initial = evaluator(current_policy(), jax.random.key(10_000), mesh)
-  summary["initial_eval"] = initial
-  writer.write(0, initial)
-  _LOG.info("initial held-out eval: %s", initial)
+  found = checkpoint.resolve_restore(workdir / "ckpt",
+                                     config.resume_from or None)
+  if found is not None:
+    source = (ckpt if pathlib.Path(found[0]) == pathlib.Path(ckpt.directory)
+              else checkpoint.Checkpointer(found[0], read_only=True))
+    state, data_state, meta, start_step = source.restore(
+        checkpoint.abstract_state(state), step=found[1])
+    if data_state is not None:
+      train_iter.set_state(data_state)
+    summary = dict(meta.get("summary", summary), workdir=str(workdir))
+    summary.pop("preempted_at", None)
+    writer.truncate_after(start_step)
+    _LOG.info("resumed from %s at step %d", found[0], start_step)
+  else:
+    with sharding.use_mesh(mesh):
+      initial = evaluator(current_policy(), jax.random.key(10_000), mesh)
+    summary["initial_eval"] = initial
+    writer.write(0, initial)
+    _LOG.info("initial held-out eval: %s", initial)
 
   # ------------------------------------------------------------------ loop
-  bar = tqdm.trange(t.steps, desc="grpo", disable=not is_main)
-  last_eval = dict(initial)
+  bar = tqdm.trange(start_step, t.steps, desc="grpo", disable=not is_main,
+                    initial=start_step, total=t.steps)
+  last_eval = dict(summary.get("last_eval", summary["initial_eval"]))
   consecutive_skips = 0
+  preempted = _PreemptionFlag()
   for step in bar:
     start = time.perf_counter()
     step_key = jax.random.fold_in(seed_key, step)
@@ -296,9 +342,23 @@ def train_and_evaluate(config, workdir) -> dict:
     consecutive_skips = (consecutive_skips + 1
                          if m["train/update_finite"] < 1.0 else 0)
     if consecutive_skips >= t.max_consecutive_skips:
+      ckpt.close()
       raise FloatingPointError(
           f"{consecutive_skips} consecutive steps skipped updates because of "
           "non-finite loss or gradients; aborting (see metrics.jsonl).")
+    summary["last_eval"] = last_eval
+    ckpt.save(step + 1, state, data_state=train_iter.get_state(),
+              meta={"config": config.to_dict(), "summary": summary},
+              metrics={k: v for k, v in m.items() if k.startswith("val/")},
+              force=step + 1 == t.steps or preempted.is_set)
+    if preempted.is_set:
+      _LOG.warning("SIGTERM received: saved step %d, exiting cleanly; the "
+                   "next launch with this workdir continues from it.",
+                   step + 1)
+      summary["preempted_at"] = step + 1
+      break
+  preempted.restore()
+  ckpt.close()  # Waits for the last async save.
   writer.close()
   summary["final_eval"] = last_eval
   summary["steps"] = t.steps
