@@ -7,12 +7,12 @@ r"""RL post-training (GRPO/PPO) with a selectable entropy control.
 Any config field can be overridden with --config.<path>=<value>.
 """
 
-import logging
 import os
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 # Configs import `configs.common`: make the repository root importable when
@@ -29,7 +29,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
+  # orbax, jax and grain are chatty at INFO; the progress bar and the
+  # warnings (resume, skipped updates, preemption) are what users read.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   summary = rl_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   init, final = summary["initial_eval"], summary["final_eval"]

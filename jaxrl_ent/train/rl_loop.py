@@ -229,7 +229,7 @@ def train_and_evaluate(config, workdir) -> dict:
     summary = dict(meta.get("summary", summary), workdir=str(workdir))
     summary.pop("preempted_at", None)
     writer.truncate_after(start_step)
-    _LOG.info("resumed from %s at step %d", found[0], start_step)
+    _LOG.warning("resumed from %s at step %d", found[0], start_step)
   else:
     with sharding.use_mesh(mesh):
       initial = evaluator(current_policy(), jax.random.key(10_000), mesh)
