@@ -10,7 +10,8 @@ from absl.testing import parameterized
 
 class BenchmarkSmokeTest(parameterized.TestCase):
 
-  @parameterized.parameters(("rollout",), ("controllers",))
+  @parameterized.parameters(("rollout",), ("controllers",), ("train_step",),
+                            ("token_stats_memory",))
   def test_runs_and_writes_json(self, name):
     out = self.create_tempdir().full_path + f"/{name}.json"
     proc = subprocess.run(
