@@ -15,3 +15,15 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(autouse=True)
+def _absl_flags_parsed():
+  # A launcher test may parse and then unparse the global absl flags; keep
+  # them usable for every test that follows in the same worker.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  yield
