@@ -32,6 +32,13 @@ def main(argv):
   # orbax, jax and grain are chatty at INFO; the progress bar and the
   # warnings (resume, skipped updates, preemption) are what users read.
   absl_logging.set_verbosity(absl_logging.WARNING)
+  # All config problems at once, before any model is built or compiled
+  # (train_and_evaluate checks again for callers that skip this launcher).
+  from jaxrl_ent.train import validate  # pylint: disable=g-import-not-at-top
+  try:
+    validate.validate_config(FLAGS.config)
+  except validate.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   summary = rl_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   init, final = summary["initial_eval"], summary["final_eval"]

@@ -40,6 +40,7 @@ from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import optim
 from jaxrl_ent.train import policy_setup
 from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.train import validate
 
 _LOG = logging.getLogger(__name__)
 
@@ -146,6 +147,9 @@ class _PreemptionFlag:
 def train_and_evaluate(config, workdir) -> dict:
   """Runs GRPO/PPO as `config` says; returns the run summary (also written
   to `<workdir>/summary.json`)."""
+  # Every config mistake in one error, before the policy, the warm start or
+  # any compilation (and before the workdir is created).
+  validate.validate_config(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -342,10 +346,17 @@ def train_and_evaluate(config, workdir) -> dict:
     consecutive_skips = (consecutive_skips + 1
                          if m["train/update_finite"] < 1.0 else 0)
     if consecutive_skips >= t.max_consecutive_skips:
+      # Leave the process as a normal return would: the caller's SIGTERM
+      # handler back, pending saves committed, metrics flushed.
+      preempted.restore()
       ckpt.close()
+      writer.close()
       raise FloatingPointError(
           f"{consecutive_skips} consecutive steps skipped updates because of "
-          "non-finite loss or gradients; aborting (see metrics.jsonl).")
+          f"non-finite loss or gradients (train.max_consecutive_skips="
+          f"{t.max_consecutive_skips}); aborting at step {step + 1}. The "
+          "checkpoints hold only finite states; see train/update_finite in "
+          "metrics.jsonl.")
     summary["last_eval"] = last_eval
     ckpt.save(step + 1, state, data_state=train_iter.get_state(),
               meta={"config": config.to_dict(), "summary": summary},
