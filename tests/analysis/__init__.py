@@ -1,0 +1,1 @@
+"""Tests for jaxrl_ent.analysis and launch/analyze.py."""
