@@ -43,8 +43,33 @@ def build_tokenizer_for_task(data_cfg):
       "tokenizer_vocab_size", 320))
 
 
-def build_policy(config, mesh, workdir):
-  """(policy, tokenizer) for the run; see the module docstring."""
+def tiny_model_config(config, tokenizer) -> models.ModelConfig:
+  """The Qwen2-style `ModelConfig` of the tiny model of `config.model`."""
+  dtype = _DTYPES[config.model.get("dtype", "float32")]
+  m = config.model
+  return models.ModelConfig(
+      model_type="qwen2", vocab_size=len(tokenizer),
+      hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+      num_layers=m.num_layers, num_heads=m.num_heads,
+      num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+      qkv_bias=True, max_position_embeddings=m.max_position_embeddings,
+      tie_word_embeddings=m.get("tie_word_embeddings", True), dtype=dtype,
+      param_dtype=dtype)
+
+
+def _require_task(config):
+  if not config.data.task:
+    raise ValueError("config.model_path is empty and config.data.task is "
+                     "not set: give a checkpoint, or a synthetic task to "
+                     "build a tiny model for.")
+
+
+def initial_policy(config, mesh):
+  """(policy, tokenizer) before any warm start.
+
+  The HF checkpoint at `config.model_path`, else the tiny model of
+  `config.model` (random init, seed `config.seed`) with the task's tokenizer.
+  """
   dtype = _DTYPES[config.model.get("dtype", "float32")]
   rules = sharding.merge_rules(dict(config.sharding.rules))
   if config.model_path:
@@ -53,26 +78,26 @@ def build_policy(config, mesh, workdir):
         config.model_path, mesh, dtype=dtype, rules=rules,
         remat=config.model.get("remat", False))
     return policy, tokenizer
-  if not config.data.task:
-    raise ValueError("config.model_path is empty and config.data.task is "
-                     "not set: give a checkpoint, or a synthetic task to "
-                     "build a tiny model for.")
+  _require_task(config)
+  tokenizer = build_tokenizer_for_task(config.data)
+  cfg = tiny_model_config(config, tokenizer)
+  return models.init_sharded(cfg, mesh, seed=config.seed,
+                             rules=rules), tokenizer
+
+
+def build_policy(config, mesh, workdir):
+  """(policy, tokenizer) for the run; see the module docstring."""
+  if config.model_path:
+    return initial_policy(config, mesh)
+  _require_task(config)
+  dtype = _DTYPES[config.model.get("dtype", "float32")]
+  rules = sharding.merge_rules(dict(config.sharding.rules))
   sft_dir = pathlib.Path(workdir) / "sft_policy"
   if config.sft.steps > 0 and (sft_dir / "config.json").exists():
     _LOG.info("reusing the warm-started policy in %s", sft_dir)
     return (models.from_pretrained(sft_dir, mesh, dtype=dtype, rules=rules),
             models.load_tokenizer(sft_dir))
-  tokenizer = build_tokenizer_for_task(config.data)
-  m = config.model
-  cfg = models.ModelConfig(
-      model_type="qwen2", vocab_size=len(tokenizer),
-      hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-      num_layers=m.num_layers, num_heads=m.num_heads,
-      num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-      qkv_bias=True, max_position_embeddings=m.max_position_embeddings,
-      tie_word_embeddings=m.get("tie_word_embeddings", True), dtype=dtype,
-      param_dtype=dtype)
-  policy = models.init_sharded(cfg, mesh, seed=config.seed, rules=rules)
+  policy, tokenizer = initial_policy(config, mesh)
   if config.sft.steps > 0:
     policy = supervised_warm_start(policy, tokenizer, config, mesh)
     models.save_pretrained(policy, sft_dir, tokenizer=tokenizer)
