@@ -206,9 +206,15 @@ def _generate_jit(graphdef, state, tokens_bp, mask_bp, key, params):
   return generate_arrays(policy, tokens_bp, mask_bp, key, params)
 
 
-def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
-                    ) -> Rollout:
-  """The traceable core of `generate` (call it inside your own jit)."""
+def prefill(policy, tokens_bp, mask_bp, params: SamplingParams):
+  """Repeats the prompts `n_samples` times and prefills a fresh KV cache.
+
+  Returns:
+    (tokens_rp, mask_rp, positions_rp, prompt_index, carry): the repeated
+    prompts [R, P], their RoPE positions, the prompt of each row [R], and the
+    initial decode carry `(i, logits_rv, cache, out_tok_rc, out_logp_rc,
+    out_ent_rc, done_r)` for `decode_step` (the cache has P + C slots).
+  """
   cfg = policy.cfg
   n, c = params.n_samples, params.max_new_tokens
   tokens_rp = jnp.repeat(tokens_bp, n, axis=0)
@@ -218,45 +224,77 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
   tokens_rp = sharding.constrain(tokens_rp, ("act_batch", None))
   mask_rp = sharding.constrain(mask_rp, ("act_batch", None))
   positions_rp = jnp.maximum(jnp.cumsum(mask_rp, axis=1) - 1, 0)
-  prompt_len = mask_rp.sum(axis=1)
 
   cache = decoder.init_cache(cfg, r, p + c)
   kv_axes = (None, "act_batch", None, "act_kv_heads", None)
   cache = cache._replace(k=sharding.constrain(cache.k, kv_axes),
                          v=sharding.constrain(cache.v, kv_axes))
-  logits, cache = policy(tokens_rp, positions_rp, mask_rp, cache=cache)
-  last_logits = logits[:, -1]  # left padding: the last column is real.
+  hidden, cache = policy.hidden_states(tokens_rp, positions_rp, mask_rp,
+                                       cache=cache)
+  # Only the last column's logits are needed (left padding: it is real). The
+  # head applied to every prompt position would be an [R, P, V] float32
+  # buffer: 38 GiB per chip for 512 rows × 512 tokens of a 152k vocabulary
+  # on v5e-8 (found by launch/aot_check.py), more than the chip's HBM.
+  last_logits = jnp.einsum("bd,dv->bv", hidden[:, -1], policy.head_weight(),
+                           preferred_element_type=jnp.float32)
+  last_logits = sharding.constrain(last_logits, ("act_batch", "act_vocab"))
+  carry = (jnp.zeros((), jnp.int32), last_logits, cache,
+           jnp.full((r, c), params.pad_id, jnp.int32),
+           jnp.zeros((r, c), jnp.float32), jnp.zeros((r, c), jnp.float32),
+           jnp.zeros((r,), bool))
+  return tokens_rp, mask_rp, positions_rp, prompt_index, carry
 
+
+def decode_step(policy, key, prompt_len_r, carry, *, params: SamplingParams):
+  """Samples token `i` for every row and feeds it through the model.
+
+  Args:
+    policy: the model.
+    key: the rollout key; step `i` uses `fold_in(key, i)`.
+    prompt_len_r: int [R] real prompt tokens per row (RoPE offset).
+    carry: `(i, logits_rv, cache, out_tok_rc, out_logp_rc, out_ent_rc,
+      done_r)` as made by `prefill`.
+    params: sampling settings.
+
+  Returns:
+    The carry for step `i + 1`.
+  """
+  i, logits_rv, cache, out_tok, out_logp, out_ent, done = carry
   stop_ids = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
-  sample = functools.partial(
-      sampling.sample, temperature=params.temperature, top_k=params.top_k,
-      top_p=params.top_p, greedy=params.greedy)
+  tok, logp, ent = sampling.sample(
+      jax.random.fold_in(key, i), logits_rv, temperature=params.temperature,
+      top_k=params.top_k, top_p=params.top_p, greedy=params.greedy)
+  tok = jnp.where(done, params.pad_id, tok)
+  live = ~done
+  out_tok = out_tok.at[:, i].set(tok)
+  out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
+  if params.return_entropy:
+    out_ent = out_ent.at[:, i].set(jnp.where(live, ent, 0.0))
+  done = done | jnp.isin(tok, stop_ids)
+  logits, cache = policy(tok[:, None], (prompt_len_r + i)[:, None],
+                         live[:, None], cache=cache)
+  return i + 1, logits[:, 0], cache, out_tok, out_logp, out_ent, done
+
+
+def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
+                    ) -> Rollout:
+  """The traceable core of `generate` (call it inside your own jit)."""
+  c = params.max_new_tokens
+  tokens_rp, mask_rp, positions_rp, prompt_index, carry = prefill(
+      policy, tokens_bp, mask_bp, params)
+  prompt_len = mask_rp.sum(axis=1)
 
   def cond(carry):
     i, _, _, _, _, _, done = carry
     return (i < c) & ~jnp.all(done)
 
-  def body(carry):
-    i, logits_rv, cache, out_tok, out_logp, out_ent, done = carry
-    tok, logp, ent = sample(jax.random.fold_in(key, i), logits_rv)
-    tok = jnp.where(done, params.pad_id, tok)
-    live = ~done
-    out_tok = out_tok.at[:, i].set(tok)
-    out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
-    if params.return_entropy:
-      out_ent = out_ent.at[:, i].set(jnp.where(live, ent, 0.0))
-    done = done | jnp.isin(tok, stop_ids)
-    logits, cache = policy(tok[:, None], (prompt_len + i)[:, None],
-                           live[:, None], cache=cache)
-    return i + 1, logits[:, 0], cache, out_tok, out_logp, out_ent, done
-
-  init = (jnp.zeros((), jnp.int32), last_logits, cache,
-          jnp.full((r, c), params.pad_id, jnp.int32),
-          jnp.zeros((r, c), jnp.float32), jnp.zeros((r, c), jnp.float32),
-          jnp.zeros((r,), bool))
-  _, _, _, out_tok, out_logp, out_ent, _ = jax.lax.while_loop(cond, body, init)
+  body = functools.partial(decode_step, policy, key, prompt_len,
+                           params=params)
+  _, _, _, out_tok, out_logp, out_ent, _ = jax.lax.while_loop(cond, body,
+                                                              carry)
 
   # A row's completion runs up to and including its first stop token.
+  stop_ids = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
   is_stop = jnp.isin(out_tok, stop_ids) & (params.stop_token_ids != ())
   stopped_before = jnp.cumsum(is_stop, axis=1) - is_stop
   completion_mask = (stopped_before == 0).astype(jnp.int32)

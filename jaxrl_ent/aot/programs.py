@@ -1,0 +1,445 @@
+"""Builds a config's abstract state and batches and compiles its programs.
+
+For a TPU config (`config.topology`, inline `config.model` dims) this makes,
+without allocating anything, the train state (params, AdamW state, entropy
+controller state) and the batches at the config's real sizes, sharded by
+`jaxrl_ent.sharding` over a mesh of compile-only TPU devices, and compiles
+the programs one RL step runs (DESIGN.md §1):
+
+  prefill      repeat prompts, prefill the KV cache   (rollout.sampler.prefill)
+  decode       sample one token, one cached forward   (rollout.sampler.decode_step)
+  logp         old/reference log-probs, whole batch   (rl.train_step.make_stats_fn)
+  train        one mini-batch update, micro-batched   (rl.train_step.make_train_step)
+
+They are the same functions `train.rl_loop` calls, so what compiles here is
+what a pod runs. Each program is reported with XLA's per-device memory
+analysis against the chip's HBM, its cost analysis, a loop-exact FLOP count,
+a roofline time, and the collectives in the compiled HLO.
+"""
+
+import dataclasses
+import math
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxrl_ent import sharding
+from jaxrl_ent.aot import chips as chips_lib
+from jaxrl_ent.aot import cost
+from jaxrl_ent.aot import hlo
+from jaxrl_ent.models import config as config_lib
+from jaxrl_ent.models import hf_io
+from jaxrl_ent.rl import train_step as ts
+from jaxrl_ent.rollout import sampler
+from jaxrl_ent.train import checkpoint
+from jaxrl_ent.train import factories
+from jaxrl_ent.train import state as state_lib
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_MODEL_FIELDS = ("model_type", "vocab_size", "hidden_size",
+                 "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim")
+
+
+def model_config(config) -> config_lib.ModelConfig:
+  """`config.model` (inline dims of a TPU config) → ModelConfig.
+
+  Raises:
+    ValueError: naming the missing `config.model.<field>`.
+  """
+  m = config.model
+  missing = [f for f in _MODEL_FIELDS if f not in m]
+  if missing:
+    raise ValueError(f"config.model is missing {missing}: a TPU config gives "
+                     "the model dims inline (see configs/tpu_grpo.py).")
+  dtype = _DTYPES[m.get("dtype", "bfloat16")]
+  return config_lib.ModelConfig(
+      model_type=m.model_type, vocab_size=m.vocab_size,
+      hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+      num_layers=m.num_layers, num_heads=m.num_heads,
+      num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+      rms_norm_eps=m.get("rms_norm_eps", 1e-6),
+      rope_theta=m.get("rope_theta", 1e6),
+      max_position_embeddings=m.get("max_position_embeddings", 32768),
+      tie_word_embeddings=m.get("tie_word_embeddings", False),
+      qkv_bias=m.get("qkv_bias", m.model_type == "qwen2"),
+      qk_norm=m.get("qk_norm", m.model_type == "qwen3"),
+      dtype=dtype, param_dtype=_DTYPES[m.get("param_dtype",
+                                             m.get("dtype", "bfloat16"))],
+      remat=m.get("remat", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+  """Batch sizes of one RL step (rows = sequences)."""
+  prompts: int        # B, prompts per step
+  n_samples: int      # group size
+  rows: int           # R = B · n_samples, rolled out and scored together
+  prompt_len: int     # P, the prompt bucket
+  new_tokens: int     # C
+  minibatch_rows: int  # rows per train-step call
+  micro_rows: int     # rows per micro-batch inside it
+  updates: int        # train-step calls per RL step (epochs × mini-batches)
+
+
+def sizes_of(config, batch_shards: int) -> Sizes:
+  """The step's batch sizes; ValueError naming the field that does not split."""
+  t = config.train
+  b, n = t.prompts_per_step, config.rollout.n_samples
+  rows = b * n
+  if rows % t.num_mini_batches:
+    raise ValueError(f"train.num_mini_batches={t.num_mini_batches} does not "
+                     f"divide prompts_per_step × n_samples = {rows} rows.")
+  mb = rows // t.num_mini_batches
+  m = config.loss.num_micro_batches
+  if mb % m:
+    raise ValueError(f"loss.num_micro_batches={m} does not divide the "
+                     f"{mb}-row mini-batch.")
+  for name, value in (("prompts_per_step × n_samples", rows),
+                      ("the micro-batch", mb // m)):
+    if value % batch_shards:
+      raise ValueError(
+          f"config.mesh: {name} ({value} rows) does not split over "
+          f"data × fsdp = {batch_shards} devices; rows would be replicated. "
+          "Change train.prompts_per_step, train.num_mini_batches or "
+          "loss.num_micro_batches.")
+  return Sizes(prompts=b, n_samples=n, rows=rows,
+               prompt_len=config.data.max_prompt_length,
+               new_tokens=config.rollout.max_new_tokens, minibatch_rows=mb,
+               micro_rows=mb // m,
+               updates=t.ppo_epochs * t.num_mini_batches)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the programs close over, all abstract."""
+  config: object
+  topology: chips_lib.Topology
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model_cfg: config_lib.ModelConfig
+  graphdef: object
+  rest: object
+  state: object            # TrainState of ShapeDtypeStructs with shardings
+  optimizer: object
+  controller: object
+  loss_cfg: ts.LossConfig
+  sizes: Sizes
+
+
+def build_setup(config, devices=None) -> Setup:
+  """Validates the config and builds its abstract, sharded train state.
+
+  Args:
+    config: a TPU config (`topology`, `mesh`, inline `model` dims).
+    devices: compile-only devices (default: from `config.topology`).
+
+  Raises:
+    ValueError: unknown topology, a mesh whose product is not the chip
+      count, a batch that does not split; each names the config field, and
+      all of it happens before anything is compiled.
+  """
+  topology = chips_lib.parse_topology(config.get("topology", ""),
+                                      field="config.topology")
+  mesh_shape = dict(config.mesh)
+  model_cfg = model_config(config)
+  if devices is None:
+    devices = chips_lib.topology_devices(topology)
+  try:
+    mesh = sharding.make_mesh(mesh_shape, devices)
+  except ValueError as e:
+    raise ValueError(f"config.mesh={mesh_shape} does not fit config.topology="
+                     f"{topology.name!r} ({topology.num_chips} chips): {e}"
+                     ) from e
+  rules = sharding.merge_rules(dict(config.sharding.rules))
+  sizes = sizes_of(config, mesh.shape["data"] * mesh.shape["fsdp"])
+  if sizes.prompt_len + sizes.new_tokens > model_cfg.max_position_embeddings:
+    raise ValueError(
+        f"data.max_prompt_length ({sizes.prompt_len}) + rollout."
+        f"max_new_tokens ({sizes.new_tokens}) exceeds the model's context of "
+        f"{model_cfg.max_position_embeddings} tokens.")
+
+  t = config.train
+  loss_cfg = factories.make_loss_config(config.loss)
+  controller = factories.make_controller(
+      config.entropy, clip_eps_low=config.loss.clip_eps_low,
+      clip_eps_high=config.loss.clip_eps_high,
+      updates_per_step=sizes.updates * config.loss.num_micro_batches)
+  optimizer = factories.make_optimizer(
+      config.optim, t.steps * t.ppo_epochs * t.num_mini_batches)
+  graphdef, abs_model = hf_io.abstract_model(model_cfg)
+  graphdef, params, rest = state_lib.split_model(nnx.merge(graphdef,
+                                                           abs_model))
+  abs_state = jax.eval_shape(
+      lambda p: state_lib.create(p, optimizer, controller), params)
+  # AdamW moments are Param-typed copies of the params (same logical axes),
+  # so one call shards params and optimizer state alike; counters replicate.
+  shardings = sharding.state_shardings(abs_state, mesh, rules)
+  state = checkpoint.abstract_like(abs_state, shardings)
+  return Setup(config=config, topology=topology, mesh=mesh, rules=rules,
+               model_cfg=model_cfg, graphdef=graphdef, rest=rest, state=state,
+               optimizer=optimizer, controller=controller, loss_cfg=loss_cfg,
+               sizes=sizes)
+
+
+def _batch_sharding(setup: Setup, shape) -> NamedSharding:
+  axes = ("act_batch",) + (None,) * (len(shape) - 1)
+  return NamedSharding(setup.mesh, sharding.logical_to_spec(
+      axes, setup.rules, shape, setup.mesh))
+
+
+def _abstract(setup: Setup, shape, dtype) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(shape, dtype,
+                              sharding=_batch_sharding(setup, shape))
+
+
+def rl_batch(setup: Setup, rows: int) -> ts.RLBatch:
+  """Abstract `RLBatch` of `rows` sequences of P + C tokens."""
+  s = setup.sizes
+  seq, c = s.prompt_len + s.new_tokens, s.new_tokens
+  i32, f32 = jnp.int32, jnp.float32
+  return ts.RLBatch(
+      tokens=_abstract(setup, (rows, seq), i32),
+      positions=_abstract(setup, (rows, seq), i32),
+      attention_mask=_abstract(setup, (rows, seq), i32),
+      completion_mask=_abstract(setup, (rows, c), i32),
+      old_logp=_abstract(setup, (rows, c), f32),
+      advantages=_abstract(setup, (rows, c), f32),
+      ref_logp=_abstract(setup, (rows, c), f32))
+
+
+def _replicated(setup: Setup, x) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(
+      setup.mesh, PartitionSpec()))
+
+
+def sampling_params(config) -> sampler.SamplingParams:
+  r = config.rollout
+  return sampler.SamplingParams(
+      max_new_tokens=r.max_new_tokens, temperature=float(r.temperature),
+      top_p=float(r.top_p), top_k=r.top_k, n_samples=r.n_samples,
+      stop_token_ids=(0,), return_entropy=True, pad_id=0)
+
+
+# ----------------------------------------------------------------- programs
+
+@dataclasses.dataclass
+class Program:
+  """A traced, not yet compiled, program: `traced.lower().compile()`."""
+  name: str
+  traced: object
+  calls_per_step: float   # how many times one RL step runs it
+  weight_passes: float    # passes over the weights per call (fwd, bwd, remat)
+
+
+def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
+                                        "train")) -> list[Program]:
+  """Traces the step's programs on abstract, sharded inputs."""
+  s, cfg = setup.sizes, setup.config
+  params = setup.state.params
+  sp = sampling_params(cfg)
+  key = _replicated(setup, jax.eval_shape(lambda: jax.random.key(0)))
+  out = []
+  with sharding.use_mesh(setup.mesh, setup.rules):
+    prefill_traced = None
+    if "prefill" in which or "decode" in which:
+      def prefill(params, tokens_bp, mask_bp):
+        policy = nnx.merge(setup.graphdef, params, setup.rest)
+        _, mask_rp, _, _, carry = sampler.prefill(policy, tokens_bp, mask_bp,
+                                                  sp)
+        return mask_rp.sum(axis=1), carry
+      prompts = _abstract(setup, (s.prompts, s.prompt_len), jnp.int32)
+      prefill_traced = jax.jit(prefill).trace(params, prompts, prompts)
+      if "prefill" in which:
+        out.append(Program("prefill", prefill_traced, 1, 1))
+    if "decode" in which:
+      # The decode step's inputs are laid out as the prefill leaves them.
+      prompt_len, carry = jax.tree.map(
+          lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                         sharding=_carry_sharding(setup, a)),
+          prefill_traced.out_info)
+
+      def decode(params, prompt_len, carry, key):
+        policy = nnx.merge(setup.graphdef, params, setup.rest)
+        return sampler.decode_step(policy, key, prompt_len, carry, params=sp)
+      traced = jax.jit(decode, donate_argnums=(2,)).trace(
+          params, prompt_len, carry, key)
+      out.append(Program("decode", traced, s.new_tokens, 1))
+    if "logp" in which:
+      stats_fn = ts.make_stats_fn(setup.graphdef, setup.rest, setup.loss_cfg)
+      kl = setup.loss_cfg.kl_coef > 0 or cfg.loss.get("kl_in_reward_coef",
+                                                      0) > 0
+      # Old log-probs, plus reference log-probs when a KL term needs them,
+      # plus the optional after-update measurement (train.measure_every).
+      calls = 1 + kl + (1.0 / cfg.train.measure_every
+                        if cfg.train.get("measure_every", 0) else 0.0)
+      out.append(Program("logp", stats_fn.trace(params, rl_batch(
+          setup, s.rows)), calls, 1))
+    if "train" in which:
+      step = ts.make_train_step(setup.graphdef, setup.rest, setup.optimizer,
+                                setup.controller, setup.loss_cfg)
+      # Per micro-batch: forward, backward (2 reads: activations' and
+      # weights' gradients share one), remat re-forward.
+      passes = cfg.loss.num_micro_batches * (2 + setup.model_cfg.remat)
+      out.append(Program("train", step.trace(
+          setup.state, rl_batch(setup, s.minibatch_rows), key), s.updates,
+          passes))
+  return out
+
+
+def _carry_sharding(setup: Setup, a) -> NamedSharding:
+  """Rows over (data, fsdp); KV-cache heads over tensor, as prefill does."""
+  if a.ndim == 5:  # KV cache [L, R, S, K, H]
+    axes = (None, "act_batch", None, "act_kv_heads", None)
+  elif a.ndim == 0:
+    axes = ()
+  else:
+    axes = ("act_batch",) + (None,) * (a.ndim - 1)
+  return NamedSharding(setup.mesh, sharding.logical_to_spec(
+      axes, setup.rules, a.shape, setup.mesh))
+
+
+# ------------------------------------------------------------------ reports
+
+@dataclasses.dataclass
+class Report:
+  """What the AOT check measured for one program (bytes are per device)."""
+  name: str
+  calls_per_step: float
+  fits: bool
+  hbm_capacity: int
+  argument_bytes: int = 0
+  output_bytes: int = 0
+  alias_bytes: int = 0
+  temp_bytes: int = 0
+  code_bytes: int = 0
+  total_bytes: int = 0
+  xla_flops: float = 0.0
+  xla_bytes: float = 0.0
+  flops_global: float = 0.0
+  roofline: cost.Roofline | None = None
+  collectives: dict = dataclasses.field(default_factory=dict)
+  compile_s: float = 0.0
+  error: str = ""
+  hlo_text: str = dataclasses.field(default="", repr=False)
+  compiled: object = dataclasses.field(default=None, repr=False)
+
+
+# The byte counts in XLA:TPU's out-of-memory messages, e.g. "the total memory
+# required for HLO temporaries (38.13G) exceeds available HBM (15.75G)" or
+# "Used 20.1G of 15.75G hbm".
+_OOM = (re.compile(r"\(([\d.]+)([KMGT]?)\)\s+exceeds available HBM", re.I),
+        re.compile(r"Used ([\d.]+)([KMGT]?)(?:i?B)? of [\d.]+[KMGT]?(?:i?B)? hbm",
+                   re.I))
+_UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def compile_program(setup: Setup, program: Program, *,
+                    keep_hlo: bool = False) -> Report:
+  """Compiles one program for the topology and measures it.
+
+  A program that XLA refuses for lack of HBM is reported as not fitting
+  (with the bytes XLA says it needed when the message gives them) rather
+  than raised.
+  """
+  chip = setup.topology.chip
+  report = Report(name=program.name, calls_per_step=program.calls_per_step,
+                  fits=False, hbm_capacity=chip.hbm_bytes)
+  report.flops_global = float(cost.jaxpr_flops(program.traced.jaxpr))
+  start = time.perf_counter()
+  try:
+    compiled = program.traced.lower().compile()
+  except Exception as e:  # pylint: disable=broad-except
+    msg = str(e)
+    if "RESOURCE_EXHAUSTED" not in msg and "memory" not in msg.lower():
+      raise
+    report.compile_s = time.perf_counter() - start
+    report.error = msg.strip().splitlines()[0][:300]
+    for pattern in _OOM:
+      m = pattern.search(msg)
+      if m:
+        report.total_bytes = int(float(m.group(1)) *
+                                 _UNIT[m.group(2).upper()])
+        break
+    return report
+  report.compile_s = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  report.argument_bytes = mem.argument_size_in_bytes
+  report.output_bytes = mem.output_size_in_bytes
+  report.alias_bytes = mem.alias_size_in_bytes
+  report.temp_bytes = mem.temp_size_in_bytes
+  report.code_bytes = mem.generated_code_size_in_bytes
+  # Donated inputs alias outputs: those bytes are held once.
+  report.total_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                        - mem.alias_size_in_bytes + mem.temp_size_in_bytes +
+                        mem.generated_code_size_in_bytes)
+  report.fits = report.total_bytes <= chip.hbm_bytes
+  analysis = compiled.cost_analysis() or {}
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  report.xla_flops = float(analysis.get("flops", 0.0))
+  report.xla_bytes = float(analysis.get("bytes accessed", 0.0))
+  weights = state_bytes(setup)["params"] / setup.mesh.shape["tensor"]
+  report.roofline = cost.roofline(
+      flops_global=report.flops_global, num_devices=setup.mesh.size,
+      xla_bytes=report.xla_bytes,
+      io_bytes=mem.argument_size_in_bytes + mem.output_size_in_bytes -
+      mem.alias_size_in_bytes,
+      weight_bytes=program.weight_passes * weights,
+      peak_flops=chip.peak_flops, hbm_bandwidth=chip.hbm_bandwidth)
+  text = compiled.as_text()
+  report.collectives = hlo.count_collectives(text)
+  if keep_hlo:
+    report.hlo_text = text
+    report.compiled = compiled
+  return report
+
+
+@dataclasses.dataclass
+class StepEstimate:
+  """Roofline time of one RL step and its token throughput."""
+  seconds: float
+  tokens: int
+  tokens_per_s: float
+  per_program: dict
+
+
+def step_estimate(setup: Setup, reports: list[Report]) -> StepEstimate | None:
+  """Σ calls × roofline time over the step's programs (None if any failed)."""
+  if any(r.roofline is None for r in reports):
+    return None
+  per = {r.name: r.calls_per_step * r.roofline.seconds for r in reports}
+  s = setup.sizes
+  tokens = s.rows * (s.prompt_len + s.new_tokens)
+  total = sum(per.values())
+  return StepEstimate(seconds=total, tokens=tokens,
+                      tokens_per_s=tokens / total, per_program=per)
+
+
+def state_bytes(setup: Setup) -> dict[str, int]:
+  """Global bytes of params and optimizer state, from shapes alone."""
+  def nbytes(tree):
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))
+  return {"params": nbytes(setup.state.params),
+          "opt_state": nbytes(setup.state.opt_state),
+          "ctrl_state": nbytes(setup.state.ctrl_state)}
+
+
+def check(config, which=("prefill", "decode", "logp", "train"),
+          devices=None, keep_hlo: bool = False):
+  """Builds, traces and compiles every program of `config`.
+
+  Returns:
+    (setup, reports, step_estimate or None).
+  """
+  setup = build_setup(config, devices)
+  reports = [compile_program(setup, p, keep_hlo=keep_hlo)
+             for p in trace_programs(setup, which)]
+  return setup, reports, step_estimate(setup, reports)
+
