@@ -26,6 +26,13 @@ def main():
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--rounds", type=int, default=3,
                   help="interleaved measurement rounds (noise control)")
+  ap.add_argument("--size", default="5M", choices=["5M", "0.5B"],
+                  help="0.5B = Qwen2.5-0.5B's dimensions (the GPU run)")
+  ap.add_argument("--dtype", default="float32",
+                  choices=["float32", "bfloat16"])
+  ap.add_argument("--methods", default="none,entropy_bonus,clip_cov,kl_cov,"
+                  "high_entropy_tokens,adaptive_entropy",
+                  help="controllers to time ('none' is the baseline)")
   ap.add_argument("--tiny", action="store_true")
   ap.add_argument("--out", default="benchmarks/results/controllers.json")
   args = ap.parse_args()
@@ -43,8 +50,16 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
   from configs import grpo_tiny  # pylint: disable=g-import-not-at-top
 
-  cfg = models.ModelConfig("qwen2", 4096, 256, 704, 4, 4, 2, 64,
-                           qkv_bias=True, max_position_embeddings=1024)
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  if args.size == "0.5B":
+    cfg = models.ModelConfig("qwen2", 151936, 896, 4864, 24, 14, 2, 64,
+                             qkv_bias=True, max_position_embeddings=4096,
+                             tie_word_embeddings=True, dtype=dtype,
+                             param_dtype=dtype, remat=True)
+  else:
+    cfg = models.ModelConfig("qwen2", 4096, 256, 704, 4, 4, 2, 64,
+                             qkv_bias=True, max_position_embeddings=1024,
+                             dtype=dtype, param_dtype=dtype)
   if args.tiny:
     cfg = models.ModelConfig("qwen2", 128, 32, 64, 2, 4, 2, 8, qkv_bias=True)
     args.rows, args.prompt_len, args.completion_len = 4, 8, 8
@@ -66,8 +81,9 @@ def main():
   loss_cfg = ts.LossConfig(policy_loss_kwargs=(("clip_ratio_c", 10.0),
                                                ("eps_high", 0.28),
                                                ("eps_low", 0.2)))
-  methods = ["none", "entropy_bonus", "clip_cov", "kl_cov",
-             "high_entropy_tokens", "adaptive_entropy"]
+  methods = args.methods.split(",")
+  if methods[0] != "none":
+    sys.exit("--methods must start with 'none' (the baseline).")
   optimizer = optax.adamw(1e-4)
   steps, states = {}, {}
   compile_s = {}
@@ -104,7 +120,8 @@ def main():
                  "overhead vs none (min)": f"{100 * (best / base - 1):+.1f}%",
                  "compile s": f"{compile_s[name]:.1f}"})
   n_tok = int(cmask.sum())
-  print(f"\ntrain step: {cfg.num_params() / 1e6:.1f}M params, {r} rows × "
+  print(f"\ntrain step: {cfg.num_params() / 1e6:.1f}M params, "
+        f"{args.dtype}, jax on {jax.default_backend()}, {r} rows × "
         f"{p}+{c} tokens ({n_tok} completion tokens), AdamW, "
         f"{args.rounds}×{args.repeats} timed steps each")
   common.print_table(rows, ["controller", "median ms", "min ms",

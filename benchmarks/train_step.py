@@ -49,12 +49,18 @@ SIZES = {
                 num_hidden_layers=6, num_attention_heads=8,
                 num_key_value_heads=4),
 }
+# Qwen2.5-0.5B's dimensions (tied embeddings), for the GPU run (gpu.sh).
+SIZES_LARGE = {
+    "0.5B": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                 num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, tie=True),
+}
 TINY = {"tiny": dict(vocab_size=256, hidden_size=32, intermediate_size=64,
                      num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2)}
 EPS_LOW, EPS_HIGH, CLIP_C = 0.2, 0.28, 10.0
 LR, WEIGHT_DECAY = 1e-5, 0.01
-LOSS_TOL = 1e-4
+LOSS_TOL = {"float32": 1e-4, "bfloat16": 3e-2}
 
 
 def _cpu_busy_s():
@@ -104,6 +110,43 @@ def torch_grpo_loss(torch, logits, tokens_c, old_logp, adv, mask):
   return (loss_bt * mask).sum() / mask.sum()
 
 
+def step_flops(dims, rows, seq_len, completion_len) -> float:
+  """Model FLOPs of one forward+backward (the PaLM MFU convention).
+
+  6 × (matmul params of the layers) × tokens, plus the LM head on the
+  completion tokens only (both implementations compute only those logits),
+  plus attention scores and values 12 × layers × (heads × head_dim) ×
+  seq_len × tokens (non-causal count, as is customary).
+  """
+  d, f, l = dims["hidden_size"], dims["intermediate_size"], \
+      dims["num_hidden_layers"]
+  n, k = dims["num_attention_heads"], dims["num_key_value_heads"]
+  h = d // n
+  layer = d * h * (n + 2 * k) + n * h * d + 3 * d * f
+  tokens = rows * seq_len
+  return (6.0 * l * layer * tokens
+          + 6.0 * dims["vocab_size"] * d * rows * completion_len
+          + 12.0 * l * n * h * seq_len * tokens)
+
+
+def peak_flops(dtype: str) -> tuple[float, str]:
+  """(peak dense FLOP/s, where the figure comes from) for the GPU, or NaN.
+
+  NVIDIA's datasheets, dense (no sparsity): H100 SXM and H200 989.4 TFLOP/s
+  bf16 tensor core and 494.7 TFLOP/s TF32; H100 PCIe 756 / 378.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  if not torch.cuda.is_available():
+    return float("nan"), "no GPU"
+  name = torch.cuda.get_device_name()
+  table = {"H100 PCIe": (756e12, 378e12), "H100": (989.4e12, 494.7e12),
+           "H200": (989.4e12, 494.7e12)}
+  for key, (bf16, tf32) in table.items():
+    if key in name:
+      return (bf16 if dtype == "bfloat16" else tf32), f"{name} datasheet"
+  return float("nan"), f"{name}: peak unknown"
+
+
 def bench_size(name, dims, args, rng):
   """Builds both steps for one model size, checks the loss, times them."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -118,10 +161,20 @@ def bench_size(name, dims, args, rng):
 
   r, s, p = args.rows, args.seq_len, args.prompt_len
   c = s - p
+  dims = dict(dims)
+  tie = dims.pop("tie", False)
+  jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+  dev = torch.device(args.torch_device)
   with tempfile.TemporaryDirectory() as d:
-    ref = tiny_hf.write_checkpoint(d, "qwen2", max_position_embeddings=s,
-                                   **dims)
-    model = models.from_pretrained(d)
+    ref = tiny_hf.write_checkpoint(d, "qwen2", tie=tie,
+                                   max_position_embeddings=s, **dims)
+    model = models.from_pretrained(d, dtype=jdtype, param_dtype=jdtype,
+                                   remat=args.remat)
+  ref = ref.to(device=dev, dtype=tdtype)
+  if args.remat:  # The same trade on both sides: recompute each layer.
+    ref.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False})
   n_params = model.cfg.num_params()
 
   # The batch: random tokens, variable completion lengths, per-row
@@ -131,17 +184,19 @@ def bench_size(name, dims, args, rng):
   cmask = (np.arange(c)[None] < rng.integers(c // 4, c + 1, (r, 1)))
   cmask = cmask.astype(np.float32)
   adv = (rng.normal(size=(r, 1)) * cmask).astype(np.float32)
-  tokens_t = torch.from_numpy(tokens)
-  positions_t = torch.arange(s)[None].expand(r, s)
-  ones_t = torch.ones((r, s), dtype=torch.long)
+  tokens_t = torch.from_numpy(tokens).to(dev)
+  positions_t = torch.arange(s, device=dev)[None].expand(r, s)
+  ones_t = torch.ones((r, s), dtype=torch.long, device=dev)
   ref.train()  # Qwen2 has no dropout: train() only enables autograd paths.
   with torch.no_grad():
     logits = ref(input_ids=tokens_t, attention_mask=ones_t,
                  position_ids=positions_t, use_cache=False,
                  logits_to_keep=c + 1).logits[:, :-1]
     cur_logp = torch.log_softmax(logits.float(), -1).gather(
-        -1, tokens_t[:, p:, None])[..., 0].numpy()
+        -1, tokens_t[:, p:, None])[..., 0].float().cpu().numpy()
   del logits
+  if dev.type == "cuda":
+    torch.cuda.empty_cache()  # Leave the GPU memory to the timed steps.
   old = ((cur_logp + 0.3 * rng.normal(size=cur_logp.shape)) * cmask).astype(
       np.float32)
 
@@ -182,9 +237,9 @@ def bench_size(name, dims, args, rng):
 
   # --- reference ------------------------------------------------------------
   tokens_c_t = tokens_t[:, p:]
-  old_t, adv_t = torch.from_numpy(old), torch.from_numpy(
-      np.broadcast_to(adv, (r, c)).copy())
-  mask_t = torch.from_numpy(cmask)
+  old_t, adv_t = torch.from_numpy(old).to(dev), torch.from_numpy(
+      np.broadcast_to(adv, (r, c)).copy()).to(dev)
+  mask_t = torch.from_numpy(cmask).to(dev)
   torch_opt = torch.optim.AdamW(ref.parameters(), lr=LR, betas=(0.9, 0.999),
                                 eps=1e-8, weight_decay=WEIGHT_DECAY)
 
@@ -228,7 +283,13 @@ def bench_size(name, dims, args, rng):
   n_tok = r * s
   ours_tps = n_tok / common.median(ours_s)
   ref_tps = n_tok / common.median(ref_s)
+  flops = step_flops(dims, r, s, c)
+  peak, peak_source = peak_flops(args.dtype)
   return {
+      "dtype": args.dtype, "torch_device": str(dev), "step_flops": flops,
+      "peak_flops": peak, "peak_source": peak_source,
+      "ours_mfu": flops / common.median(ours_s) / peak,
+      "ref_mfu": flops / common.median(ref_s) / peak,
       "breakdown_seconds": part_s, "other_load_cores": other_load,
       "ours_best_tokens_per_s": n_tok / min(ours_s),
       "ref_best_tokens_per_s": n_tok / min(ref_s),
@@ -320,6 +381,13 @@ def main():
                   help="interleaved measurement rounds (noise control)")
   ap.add_argument("--breakdown", action="store_true",
                   help="also time sub-parts (body fwd, fwd+bwd, AdamW)")
+  ap.add_argument("--dtype", default="float32",
+                  choices=["float32", "bfloat16"],
+                  help="parameters and activations, both implementations")
+  ap.add_argument("--remat", action="store_true",
+                  help="recompute each layer in the backward pass (both)")
+  ap.add_argument("--torch_device", default="auto",
+                  help="auto = cuda when available, else cpu")
   ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
   ap.add_argument("--out", default="benchmarks/results/train_step.json")
   args = ap.parse_args()
@@ -327,7 +395,13 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  sizes = {k: SIZES[k] for k in args.sizes.split(",")}
+  if args.torch_device == "auto":
+    args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  known = {**SIZES, **SIZES_LARGE}
+  unknown = [k for k in args.sizes.split(",") if k not in known]
+  if unknown:
+    sys.exit(f"--sizes: unknown {unknown}; known: {list(known)}")
+  sizes = {k: known[k] for k in args.sizes.split(",")}
   if args.tiny:
     sizes = TINY
     args.rows, args.seq_len, args.prompt_len = 2, 16, 4
@@ -345,20 +419,28 @@ def main():
                  "median s": f"{common.median(res['ours_seconds']):.3f}",
                  "best tokens/s": f"{res['ours_best_tokens_per_s']:,.0f}",
                  "first step s": f"{res['ours_compile_s']:.1f} (compile)",
+                 "MFU": f"{res['ours_mfu']:.1%}",
                  "loss step 1": f"{res['ours_first_loss']:.6f}"})
     rows.append({"model": "", "impl": "transformers + torch.optim (eager)",
                  "tokens/s": f"{res['ref_tokens_per_s']:,.0f}",
                  "median s": f"{common.median(res['ref_seconds']):.3f}",
                  "best tokens/s": f"{res['ref_best_tokens_per_s']:,.0f}",
                  "first step s": f"{res['ref_first_step_s']:.1f} (warm-up)",
+                 "MFU": f"{res['ref_mfu']:.1%}",
                  "loss step 1": f"{res['ref_first_loss']:.6f}"})
   print(f"\ntrain step: GRPO PPO-clip token-mean + AdamW, {args.rows} rows × "
         f"{args.seq_len} tokens ({args.prompt_len} prompt), "
         f"{args.rounds}×{args.repeats} interleaved timed steps each, "
-        f"torch threads {torch.get_num_threads()}, "
+        f"torch threads {torch.get_num_threads()}, {args.dtype}, jax on "
+        f"{common.machine()['jax_backend']}, torch on {args.torch_device}, "
         f"ref attention {results[0]['ref_attn_implementation']}")
   common.print_table(rows, ["model", "impl", "tokens/s", "median s",
-                            "best tokens/s", "first step s", "loss step 1"])
+                            "best tokens/s", "first step s", "MFU",
+                            "loss step 1"])
+  if results[0]["peak_flops"] == results[0]["peak_flops"]:
+    print(f"MFU: model FLOPs per step / median step time / peak "
+          f"{results[0]['peak_flops'] / 1e12:.1f} TFLOP/s "
+          f"({results[0]['peak_source']})")
   for res in results:
     part_s = res["breakdown_seconds"]
     if not part_s:
@@ -398,10 +480,13 @@ def main():
       "rows": args.rows, "seq_len": args.seq_len,
       "prompt_len": args.prompt_len, "rounds": args.rounds,
       "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
+      "dtype": args.dtype, "torch_device": args.torch_device,
+      "remat": args.remat,
       "results": results, "ratio": ratio})
-  bad = [res["size"] for res in results if not res["loss_abs_diff"] <= LOSS_TOL]
+  tol = LOSS_TOL[args.dtype]
+  bad = [res["size"] for res in results if not res["loss_abs_diff"] <= tol]
   if bad:
-    sys.exit(f"step-1 losses differ by more than {LOSS_TOL} for {bad}: "
+    sys.exit(f"step-1 losses differ by more than {tol} for {bad}: "
              "the two steps do not compute the same thing.")
 
 
