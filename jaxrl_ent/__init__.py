@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "entropy", "models", "rewards", "rl", "rollout", "sharding",
-    "theory", "train",
+    "analysis", "data", "entropy", "models", "rewards", "rl", "rollout",
+    "sharding", "study", "theory", "train",
 )
 
 
