@@ -111,3 +111,27 @@ def test_aggregate_is_mean_and_sample_std():
   assert math.isnan(agg["touched"][0])
   table = report.markdown_table({"m": agg})
   assert "| m | 3 | 0.300 ± 0.200 |" in table
+
+
+def test_qwen_study_config_expands_and_every_controller_builds(tmp_path):
+  """The TPU study config: every variant merges onto the base and its
+  entropy block builds a controller (no model or checkpoint needed)."""
+  from configs import compare_qwen2_5_0_5b  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import factories  # pylint: disable=g-import-not-at-top
+  c = compare_qwen2_5_0_5b.get_config()
+  runs = plan.expand(c, tmp_path)
+  assert len(runs) == len(compare_qwen2_5_0_5b.VARIANTS) * 3
+  for run in runs[::3]:
+    factories.make_controller(run.config.entropy, updates_per_step=4)
+    assert run.config.loss.clip_eps_high == (
+        0.28 if run.method == "clip_higher" else 0.2)
+  by = {r.method: r.config for r in runs}
+  assert by["kl_cov"].entropy.ratio == 2e-3
+  assert by["clip_cov_annealed"].entropy.anneal == "inverse_power"
+  assert by["clip_cov_annealed"].entropy.ratio == 2e-4
+
+
+def test_every_tiny_study_run_config_passes_validation(tmp_path):
+  from jaxrl_ent.train import validate  # pylint: disable=g-import-not-at-top
+  for run in plan.expand(compare_tiny.get_config("seeds=1"), tmp_path):
+    validate.validate_config(run.config, num_devices=1, num_processes=1)
