@@ -1,7 +1,7 @@
 r"""GRPO on TPU pod slices: Qwen2.5-0.5B/1.5B/7B and Qwen3-8B, sized per slice.
 
   python launch/aot_check.py --config=configs/tpu_grpo.py:job=qwen2_5_0_5b_v5e8
-  python launch/train.py --config=configs/tpu_grpo.py:job=qwen2_5_7b_v5p16 \
+  python launch/train.py --config=configs/tpu_grpo.py:job=qwen2_5_7b_v5p_16 \
       --config.model_path=/ckpt/Qwen2.5-7B-Instruct \
       --config.data.train_paths=/data/gsm8k/train.jsonl \
       --config.data.eval_paths=/data/gsm8k/test.jsonl --workdir=gs://.../run
@@ -64,6 +64,64 @@ JOBS = {
         model="qwen2_5_0_5b", topology="v5e:2x4",
         mesh={"data": 1, "fsdp": 8, "tensor": 1},
         prompts=64, n=8, mini=4, micro=8, P=512, C=512, remat=True),
+    # 1.5B on v4-8 (4 chips × 32 GiB, 1 host). N = 1.544e9: 10N = 15.4 GB /
+    # 4 = 3.9 GB per chip. FSDP over the 4 chips (12 heads / 2 KV heads leave
+    # no even tensor split worth having at this size). 64 prompts × 8 = 512
+    # rows of 512 + 512. Rollout KV cache 2 (k, v) × 28 layers × 2 KV heads ×
+    # 128 × 2 B = 28.7 kB/token × 512 × 1024 = 15.0 GB / 4 = 3.8 GB per chip.
+    # Log-prob pass, 128 rows per chip, one layer live at a time: f32 scores
+    # 128 × 12 heads × 1024² × 4 B = 6.4 GB (+ bf16 probs 3.2 GB). Train: 4
+    # calls of 128 rows, 4 micro-batches of 32 (8 per chip); with remat the
+    # saved layer inputs are 28 × 8 × 1024 × 1536 × 2 B = 0.7 GB.
+    # aot_check: peak 10.79 GiB (log-prob pass) of 32 GiB; prefill 9.77,
+    # decode 7.81, train 7.70. Fit as first sized: 32 GiB chips and FSDP over
+    # all 4 leave 3× headroom. The log-prob pass runs all 512 rows at once
+    # (no micro-batching), so its per-layer attention scores, not the
+    # optimizer state, are what grows with prompts_per_step.
+    "qwen2_5_1_5b_v4_8": dict(
+        model="qwen2_5_1_5b", topology="v4:2x2x1",
+        mesh={"data": 1, "fsdp": 4, "tensor": 1},
+        prompts=64, n=8, mini=4, micro=4, P=512, C=512, remat=True),
+    # 7B on v5p-16 (16 chips × 95 GiB, 4 hosts). N = 7.616e9: 10N = 76 GB /
+    # 16 = 4.8 GB per chip. FSDP 4 × tensor 4 (28 heads, 4 KV heads, 18944
+    # MLP, 152064 vocab all split by 4): the decode step, which is memory
+    # bound, reads 1/4 of the weights per chip instead of all of them.
+    # 64 prompts × 8 = 512 rows of 512 + 1024. KV cache 57.3 kB/token × 512 ×
+    # 1536 = 45 GB / 16 = 2.8 GB per chip (rows over fsdp, KV heads over
+    # tensor). Log-prob pass: 128 rows per chip × 7 heads × 1536² × 4 B =
+    # 8.5 GB of f32 scores per layer. Train: 4 calls of 128 rows, 2 micro-
+    # batches of 64 (16 per fsdp shard); saved layer inputs 28 × 16 × 1536 ×
+    # 3584 × 2 B = 4.9 GB.
+    # aot_check: peak 17.64 GiB (train) of 95 GiB; log-prob 15.07, prefill
+    # 9.22, decode 6.44. Fit as first sized; what keeps every program small
+    # is tensor = 4 (weights, KV heads and vocabulary split 4 ways, so
+    # per-chip activations are rows/4 × heads/4) plus remat. Room remains to
+    # double prompts_per_step. (AdamW moments are kept in the params' bf16;
+    # f32 moments would add 4N / 16 = 1.9 GB per chip.) The embedding and LM
+    # head are never whole on a chip: 1/16 each in the compiled train step's
+    # arguments, gathered at most to [V/4, D] (README).
+    "qwen2_5_7b_v5p_16": dict(
+        model="qwen2_5_7b", topology="v5p:2x2x4",
+        mesh={"data": 1, "fsdp": 4, "tensor": 4},
+        prompts=64, n=8, mini=4, micro=2, P=512, C=1024, remat=True),
+    # Qwen3-8B on v5p-64 (64 chips × 95 GiB, 16 hosts). N = 8.191e9: 10N =
+    # 82 GB / 64 = 1.3 GB per chip. FSDP 16 × tensor 4 (32 heads, 8 KV heads,
+    # 12288 MLP, 151936 vocab split by 4). 128 prompts × 8 = 1024 rows of
+    # 512 + 1536 (thinking-length completions). KV cache 2 × 36 × 8 × 128 ×
+    # 2 B = 147 kB/token × 1024 × 2048 = 309 GB / 64 = 4.8 GB per chip.
+    # Log-prob pass: 64 rows per chip × 8 heads × 2048² × 4 B = 8.6 GB of f32
+    # scores per layer. Train: 4 calls of 256 rows, 4 micro-batches of 64 (4
+    # per fsdp shard); saved layer inputs 36 × 4 × 2048 × 4096 × 2 B = 2.4 GB.
+    # aot_check: peak 21.53 GiB (log-prob pass) of 95 GiB; decode 9.55,
+    # prefill 7.70, train 7.08. Fit as first sized: 64 chips leave 0.72 GiB
+    # of params + moments per chip, tensor = 4 splits the 8 KV heads of the cache and
+    # the attention scores, and remat keeps the train step's activations to
+    # layer inputs. Decode is most of the step (1536 × 4.38 ms), which is
+    # why the batch is large.
+    "qwen3_8b_v5p_64": dict(
+        model="qwen3_8b", topology="v5p:4x4x4",
+        mesh={"data": 1, "fsdp": 16, "tensor": 4},
+        prompts=128, n=8, mini=4, micro=4, P=512, C=1536, remat=True),
 }
 
 

@@ -1,7 +1,7 @@
 r"""Compiles a TPU config's programs ahead of time and checks they fit.
 
   python launch/aot_check.py --config=configs/tpu_grpo.py:job=qwen2_5_0_5b_v5e8
-  python launch/aot_check.py --config=configs/tpu_grpo.py:job=qwen2_5_7b_v5p16 \
+  python launch/aot_check.py --config=configs/tpu_grpo.py:job=qwen2_5_7b_v5p_16 \
       --programs=train --json_out=/tmp/aot.json
 
 Needs libtpu (`pip install -e ".[tpu]"`), not a TPU: the programs are
