@@ -72,6 +72,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                 async_save=True))
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
   c.sharding = ml_collections.ConfigDict({"rules": {}})
+  # Multi-host (jaxrl_ent/train/distributed.py): "auto" joins a cluster when
+  # a coordinator is named here or in JAX_COORDINATOR_ADDRESS (with
+  # JAX_NUM_PROCESSES, JAX_PROCESS_ID); "always" lets JAX detect it (TPU pod
+  # slices); "never" stays single-process. 0 / -1 = unset.
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize="auto", coordinator_address="", num_processes=0,
+      process_id=-1))
 
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,

@@ -236,6 +236,76 @@ def check_replication(state, shardings, max_fraction: float = 0.1) -> float:
 
 
 # ---------------------------------------------------------------------------
+# Batches across hosts. In a multi-process run (DESIGN.md §6) each process
+# holds only its rows of a batch; these helpers say which rows, build the
+# global array from them, and bring results back to the host.
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int],
+                   rules: Sequence = DEFAULT_RULES) -> NamedSharding:
+  """Rows (axis 0) over the `act_batch` mesh axes, the rest replicated.
+
+  Replicated entirely when those axes do not divide `shape[0]`.
+  """
+  spec = logical_to_spec(("act_batch",) + (None,) * (len(shape) - 1),
+                         rules, shape, mesh)
+  return NamedSharding(mesh, spec)
+
+
+def process_row_block(mesh: Mesh, num_rows: int,
+                      rules: Sequence = DEFAULT_RULES) -> tuple[int, int]:
+  """`(index, count)`: this process's rows of a `[num_rows, ...]` batch laid
+  out by `batch_sharding` are block `index` of `count` equal contiguous
+  blocks. `(0, 1)` on one process, or when the batch is replicated.
+
+  Raises:
+    ValueError: this process's devices hold rows that are not one
+      contiguous block (a mesh whose device order interleaves processes
+      along the batch axes).
+  """
+  sh = batch_sharding(mesh, (num_rows,), rules)
+  starts = sorted({idx[0].indices(num_rows)[:2] for idx in
+                   sh.addressable_devices_indices_map((num_rows,)).values()})
+  lo, hi = starts[0][0], starts[-1][1]
+  covered = sum(b - a for a, b in starts)
+  size = hi - lo
+  if covered != size or num_rows % size or lo % size:
+    raise ValueError(
+        f"sharding: process {jax.process_index()} holds rows {starts} of a "
+        f"batch of {num_rows}, not one contiguous block; order the mesh's "
+        "devices so each process's devices are adjacent along the batch "
+        "axes.")
+  return lo // size, num_rows // size
+
+
+def global_batch(mesh: Mesh, local: np.ndarray, block: tuple[int, int],
+                 rules: Sequence = DEFAULT_RULES) -> jax.Array:
+  """The global `[rows, ...]` array whose block `block` is `local`.
+
+  Every process passes its own block (`process_row_block`);
+  `jax.make_array_from_process_local_data` places it on its devices.
+  """
+  local = np.asarray(local)
+  shape = (local.shape[0] * block[1],) + local.shape[1:]
+  return jax.make_array_from_process_local_data(
+      batch_sharding(mesh, shape, rules), local, shape)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole array as numpy, on every process.
+
+  `np.asarray` when this process holds all of it (one process, or a
+  replicated array); otherwise a collective allgather, which every process
+  must call.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or (
+      x.is_fully_replicated):
+    return np.asarray(x)
+  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+# ---------------------------------------------------------------------------
 # Activation constraints: the model calls `constrain(x, logical_axes)`; it is
 # a no-op unless a mesh and rules are active (via `use_mesh`).
 _ACTIVE = threading.local()

@@ -5,6 +5,11 @@ r"""RL post-training (GRPO/PPO) with a selectable entropy control.
       --config.entropy.method=kl_cov --config.train.steps=100 --workdir=...
 
 Any config field can be overridden with --config.<path>=<value>.
+
+Multi-host: run the same command once per host with
+JAX_COORDINATOR_ADDRESS=<host0>:<port> JAX_NUM_PROCESSES=<n>
+JAX_PROCESS_ID=<i> (or --config.distributed.*); on a TPU pod slice,
+--config.distributed.initialize=always.
 """
 
 import os
@@ -32,15 +37,26 @@ def main(argv):
   # orbax, jax and grain are chatty at INFO; the progress bar and the
   # warnings (resume, skipped updates, preemption) are what users read.
   absl_logging.set_verbosity(absl_logging.WARNING)
+  # Multi-host: join the other processes before anything counts devices
+  # (validation does); see jaxrl_ent/train/distributed.py.
+  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import distributed
+  try:
+    distributed.maybe_initialize(FLAGS.config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   # All config problems at once, before any model is built or compiled
   # (train_and_evaluate checks again for callers that skip this launcher).
-  from jaxrl_ent.train import validate  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import validate
   try:
     validate.validate_config(FLAGS.config)
   except validate.ConfigError as e:
     raise app.UsageError(str(e)) from None
+  import jax  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   summary = rl_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if jax.process_index() != 0:
+    return  # Every process holds the same numbers; one prints them.
   init, final = summary["initial_eval"], summary["final_eval"]
   for name in sorted(final):
     if name.startswith("val/") and name in init:

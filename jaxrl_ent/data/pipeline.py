@@ -3,13 +3,16 @@
 The pipeline is a grain `MapDataset` over *indices* of the tokenised prompts:
 
     range(N) -> shuffle(seed) -> repeat(num_epochs) -> [global truncation or
-    padding to whole global batches] -> [process_index::process_count]
-    -> batch(global_batch // process_count, batch_fn=left-pad collate)
+    padding to whole global batches] -> batch(global_batch, batch_fn=collate
+    rows [p·b, (p+1)·b) of the global batch, b = global_batch // count)
 
-Because the global stream is built the same way on every host and each host
-takes a strided slice, the set of prompts in global batch k does not depend
-on the number of hosts, hosts read disjoint rows, and all hosts yield the
-same number of batches. The iterator's state is grain's (`get_state()` /
+Because the global stream is built the same way on every host and host p
+takes the p-th contiguous block of each global batch, padded to the bucket
+of the *whole* global batch, the blocks of all hosts stacked in order are
+exactly the batch a single process reads (same rows, same order, same
+padded length): `jax.make_array_from_process_local_data` then assembles the
+global batch, whatever the number of hosts. Hosts read disjoint rows, and
+all hosts yield the same number of batches. The iterator's state is grain's (`get_state()` /
 `set_state()`, a small dict), saved with the train state as its `data` item.
 
 A batch is a dict:
@@ -61,11 +64,20 @@ class PromptDataConfig:
 
 
 def collate(examples: Sequence[tokenization.TokenizedPrompt],
-            indices: Sequence[int], buckets: Sequence[int], pad_id: int
-            ) -> dict:
-  """One batch dict from dataset indices (-1 = a padding row)."""
+            indices: Sequence[int], buckets: Sequence[int], pad_id: int,
+            block: tuple[int, int] = (0, 1)) -> dict:
+  """One batch dict from dataset indices (-1 = a padding row).
+
+  With `block = (p, count)`, only the p-th of `count` contiguous blocks of
+  `indices` is collated, padded to the bucket of all of `indices`.
+  """
   rows = [examples[i] if i >= 0 else examples[0] for i in indices]
-  out = tokenization.left_pad([r.tokens for r in rows], buckets, pad_id)
+  length = tokenization.bucket_length(max(len(r.tokens) for r in rows),
+                                      buckets)
+  size = len(indices) // block[1]
+  indices = list(indices)[block[0] * size:(block[0] + 1) * size]
+  rows = rows[block[0] * size:(block[0] + 1) * size]
+  out = tokenization.left_pad([r.tokens for r in rows], (length,), pad_id)
   # Padding rows are copies of example 0 with real tokens (an all-pad row
   # could give NaN attention); only `valid` marks them.
   valid = np.asarray([i >= 0 for i in indices], bool)
@@ -77,9 +89,9 @@ def collate(examples: Sequence[tokenization.TokenizedPrompt],
 
 
 def index_stream(n: int, *, global_batch: int, shuffle: bool, seed: int,
-                 num_epochs: int | None, drop_remainder: bool,
-                 process_index: int, process_count: int) -> grain.MapDataset:
-  """This process's slice of the global stream of example indices."""
+                 num_epochs: int | None, drop_remainder: bool
+                 ) -> grain.MapDataset:
+  """The global stream of example indices (the same on every process)."""
   order = grain.MapDataset.range(n)
   if shuffle:
     order = order.shuffle(seed=seed)
@@ -93,7 +105,7 @@ def index_stream(n: int, *, global_batch: int, shuffle: bool, seed: int,
       inner = order
       order = grain.MapDataset.range(padded).map(
           lambda k: inner[k] if k < total else -1)
-  return order[process_index::process_count]
+  return order
 
 
 def make_prompt_dataset(examples: Sequence[tokenization.TokenizedPrompt], *,
@@ -113,8 +125,10 @@ def make_prompt_dataset(examples: Sequence[tokenization.TokenizedPrompt], *,
     num_epochs: passes over the data, None for an endless stream.
     drop_remainder: drop the last partial global batch, else pad it with
       rows marked `valid=False` (for evaluation).
-    process_index, process_count: this process and the number of processes
-      (`jax.process_index()`, `jax.process_count()`).
+    process_index, process_count: this process's block of each global batch
+      and the number of blocks (`jax.process_index()`, `jax.process_count()`
+      for a batch split over all processes; see
+      `sharding.process_row_block`).
 
   Raises:
     ValueError: bad sizes, or too few examples for one batch.
@@ -135,11 +149,11 @@ def make_prompt_dataset(examples: Sequence[tokenization.TokenizedPrompt], *,
   buckets = tuple(buckets)
   stream = index_stream(
       len(examples), global_batch=batch_size, shuffle=shuffle, seed=seed,
-      num_epochs=num_epochs, drop_remainder=drop_remainder,
-      process_index=process_index, process_count=process_count)
+      num_epochs=num_epochs, drop_remainder=drop_remainder)
+  block = (process_index, process_count)
   return stream.batch(
-      batch_size // process_count, drop_remainder=drop_remainder,
-      batch_fn=lambda idx: collate(examples, idx, buckets, pad_id))
+      batch_size, drop_remainder=drop_remainder,
+      batch_fn=lambda idx: collate(examples, idx, buckets, pad_id, block))
 
 
 def to_iterator(ds: grain.MapDataset, prefetch: int = 2

@@ -64,6 +64,26 @@ class ScoreResult:
   errors: tuple
   seconds: float
 
+  @classmethod
+  def concatenate(cls, parts) -> "ScoreResult":
+    """One result for consecutive batches (e.g. the row blocks that the
+    processes of a multi-host run scored): per-row arrays concatenated in
+    order, counts summed, the longest wall time."""
+    parts = list(parts)
+    if not parts:
+      raise ValueError("ScoreResult.concatenate: no parts")
+    counts = {}
+    for p in parts:
+      for name, n in p.counts.items():
+        counts[name] = counts.get(name, 0) + n
+    return cls(
+        rewards=np.concatenate([p.rewards for p in parts]),
+        status=np.concatenate([p.status for p in parts]),
+        components={name: np.concatenate([p.components[name] for p in parts])
+                    for name in parts[0].components},
+        counts=counts, errors=sum((tuple(p.errors) for p in parts), ()),
+        seconds=max(p.seconds for p in parts))
+
   def metrics(self, prefix: str = "reward") -> dict[str, float]:
     """Flat scalar metrics, e.g. `reward/mean`, `reward/timeouts`."""
     out = {f"{prefix}/mean": float(self.rewards.mean()) if self.rewards.size

@@ -125,7 +125,9 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
   Args:
     policy: the model.
     prompts: a list of token-id lists, or a pair (tokens [B, P], mask [B, P])
-      of left-padded arrays.
+      of left-padded arrays. In a multi-process run, pass global jax.Arrays
+      (`sharding.global_batch`) already padded to their bucket: they are
+      used in place, and read back to every host only to be validated.
     key: PRNG key; the same key gives the same completions.
     max_new_tokens: completion budget C.
     temperature, top_p, top_k, greedy: see `SamplingParams`.
@@ -159,9 +161,14 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
   buckets = tuple(prompt_buckets or
                   tokenization.default_buckets(max_prompt_len))
 
+  on_device = None
   if isinstance(prompts, tuple) and len(prompts) == 2 and hasattr(
       prompts[0], "shape"):
-    tokens, mask = (np.asarray(x, np.int32) for x in prompts)
+    if all(isinstance(x, jax.Array) and not x.is_fully_addressable
+           for x in prompts):
+      on_device = prompts  # Global arrays spanning several processes.
+    tokens, mask = (np.asarray(sharding.to_host(x), np.int32)
+                    for x in prompts)
     if tokens.ndim != 2 or tokens.shape != mask.shape:
       raise ValueError(f"prompts: tokens {tokens.shape} and mask "
                        f"{mask.shape} must both be [B, P].")
@@ -191,11 +198,15 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
 
   batch_sharding = None
   if mesh is not None:
-    batch_sharding = jax.sharding.NamedSharding(
-        mesh, sharding.logical_to_spec(("act_batch", None), shape=tokens.shape,
-                                       mesh=mesh))
-  tokens = jax.device_put(tokens, batch_sharding)
-  mask = jax.device_put(mask, batch_sharding)
+    batch_sharding = sharding.batch_sharding(mesh, tokens.shape)
+  if on_device is not None and on_device[0].shape == tokens.shape:
+    # Multi-process: reshard the caller's global arrays (usually a no-op);
+    # the host copies above are the same values on every process.
+    tokens, mask = (jax.device_put(x.astype(jnp.int32), batch_sharding)
+                    for x in on_device)
+  else:
+    tokens = jax.device_put(tokens, batch_sharding)
+    mask = jax.device_put(mask, batch_sharding)
   graphdef, state = nnx.split(policy)
   return _generate_jit(graphdef, state, tokens, mask, key, params)
 

@@ -7,7 +7,10 @@ marks the commit). Each step holds four items:
 
   state/      the `TrainState` pytree (`ocp.args.StandardSave`: tensorstore
               OCDBT, each process writes its own shards).
-  data/       the data iterator's state (`get_state()` dict), JSON.
+  data/       the data iterator's state (`get_state()` dict), JSON. In a
+              multi-process run each process's own state, gathered into
+              `{"per_process": [state of process 0, ...]}`; `restore` hands
+              each process its own.
   meta/       the caller's `meta` dict (config, ...) plus a `metrics` summary,
               JSON.
   integrity/  checksums of the three items above, JSON (written in the same
@@ -86,11 +89,14 @@ from etils import epath
 from jax import lax
 from jax.experimental import multihost_utils
 
+from jaxrl_ent.train import distributed
+
 _LOG = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
 _ITEMS = ("state", "data", "meta", "integrity")
 _QUARANTINE = "quarantine"
+_PER_PROCESS = "per_process"
 
 
 class CheckpointIntegrityError(RuntimeError):
@@ -407,7 +413,8 @@ class Checkpointer:
     Args:
       step: the step number (the step directory's name).
       state: pytree of arrays (a `TrainState`).
-      data_state: the data iterator's `get_state()` dict (JSON-able).
+      data_state: this process's data iterator `get_state()` dict
+        (JSON-able); with several processes every one passes its own.
       meta: JSON-able dict, e.g. `{"config": config.to_dict()}`; values that
         are not JSON types are stored as `str()`.
       metrics: a flat dict of scalars, stored as `meta["metrics"]` and used
@@ -434,6 +441,9 @@ class Checkpointer:
                    else "")
       return False
     data_item = _jsonable(dict(data_state) if data_state is not None else {})
+    if jax.process_count() > 1:
+      # One JSON item (written by process 0) holds every process's state.
+      data_item = {_PER_PROCESS: distributed.allgather_object(data_item)}
     meta_item = _jsonable(dict(meta or {}))
     orbax_metrics = None
     if metrics is not None:
@@ -546,6 +556,8 @@ class Checkpointer:
     if bad:
       raise _Corrupt(f"{len(bad)} state leaves do not match their checksums "
                      f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})")
+    if isinstance(data, dict) and _PER_PROCESS in data:
+      data = _own_data_state(data[_PER_PROCESS], step)
     return state, (data if integrity["data_present"] else None), meta, step
 
   def _quarantine(self, skipped):
@@ -567,6 +579,20 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("jaxrl_ent_checkpoint_quarantine")
     self._manager.reload()
+
+
+def _own_data_state(states, step: int):
+  """This process's entry of a multi-process `data` item."""
+  if len(states) == jax.process_count():
+    return states[jax.process_index()]
+  if all(s == states[0] for s in states):
+    # Every process walked the same global batches (the prompt pipeline
+    # does), so the state fits any number of processes.
+    return states[0]
+  raise _StructureMismatch(
+      f"checkpoint: step {step} holds the data iterator states of "
+      f"{len(states)} processes, and they differ; restore it with "
+      f"{len(states)} processes (this run has {jax.process_count()}).")
 
 
 def _metric(key: str, metrics) -> float:

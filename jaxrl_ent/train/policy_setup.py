@@ -22,6 +22,7 @@ from jaxrl_ent import models
 from jaxrl_ent import sharding
 from jaxrl_ent.models import tiny_hf
 from jaxrl_ent.rewards import tasks
+from jaxrl_ent.train import distributed
 from jaxrl_ent.train import optim
 from jaxrl_ent.train import sft as sft_lib
 from jaxrl_ent.train import state as state_lib
@@ -93,7 +94,12 @@ def build_policy(config, mesh, workdir):
   dtype = _DTYPES[config.model.get("dtype", "float32")]
   rules = sharding.merge_rules(dict(config.sharding.rules))
   sft_dir = pathlib.Path(workdir) / "sft_policy"
-  if config.sft.steps > 0 and (sft_dir / "config.json").exists():
+  cached = config.sft.steps > 0 and (sft_dir / "config.json").exists()
+  if jax.process_count() > 1:
+    # One decision for all processes: process 0 may already be writing the
+    # folder when a slower process looks (the gather is a barrier).
+    cached = all(distributed.allgather_object(cached))
+  if cached:
     _LOG.info("reusing the warm-started policy in %s", sft_dir)
     return (models.from_pretrained(sft_dir, mesh, dtype=dtype, rules=rules),
             models.load_tokenizer(sft_dir))

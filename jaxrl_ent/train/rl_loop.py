@@ -11,6 +11,11 @@ call. One iteration (DESIGN.md §1):
 
 Per-step keys are `fold_in(seed_key, step)`; nothing key-related is carried
 across the host loop.
+
+Multi-host (`train/distributed.py`): every process runs this same loop on
+its block of each prompt batch; the rollout and updates use global arrays,
+each process scores its own rows and the scores are gathered, so metrics,
+decisions and checkpoints agree on every process.
 """
 
 import json
@@ -35,6 +40,7 @@ from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry as rl_registry
 from jaxrl_ent.rl import train_step as ts
 from jaxrl_ent.train import checkpoint
+from jaxrl_ent.train import distributed
 from jaxrl_ent.train import factories
 from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import optim
@@ -60,6 +66,45 @@ def _data_config(config, *, split: str, size: int, batch: int, eval_: bool):
       prefetch=0 if eval_ else 2)
 
 
+def _row_block(mesh, num_rows) -> tuple[int, int]:
+  """This process's block of a batch's rows; (0, 1) on one process."""
+  if jax.process_count() == 1:
+    return 0, 1
+  if mesh is None:
+    raise ValueError("a multi-process run needs the mesh to place its "
+                     "batches; pass `mesh`.")
+  return sharding.process_row_block(mesh, num_rows)
+
+
+def _prompts(batch, mesh, block):
+  """(tokens, mask) for `rollout.generate`: the batch itself on one
+  process; on several, global arrays built from every process's block."""
+  if jax.process_count() == 1:
+    return batch["tokens"], batch["mask"]
+  return tuple(sharding.global_batch(mesh, batch[k], block)
+               for k in ("tokens", "mask"))
+
+
+def _own_rows(x, block) -> np.ndarray:
+  """This process's block of the rows of per-row array `x` (all of it on one
+  process). Groups are contiguous, so block p of the completions samples
+  block p of the prompts."""
+  x = sharding.to_host(x)
+  size = x.shape[0] // block[1]
+  return x[block[0] * size:(block[0] + 1) * size]
+
+
+def _all_rows(local, block):
+  """Per-row host values of every block, in row order (`local` itself on
+  one process). A ScoreResult is merged with `ScoreResult.concatenate`."""
+  if jax.process_count() == 1:
+    return local
+  parts = distributed.gather_blocks(local, block)
+  if isinstance(local, rewards_lib.ScoreResult):
+    return rewards_lib.ScoreResult.concatenate(parts)
+  return np.concatenate(parts)
+
+
 def _decode(tokenizer, completion, lengths) -> list[str]:
   completion, lengths = np.asarray(completion), np.asarray(lengths)
   return tokenizer.batch_decode(
@@ -70,39 +115,52 @@ def _decode(tokenizer, completion, lengths) -> list[str]:
 class Evaluator:
   """Held-out greedy accuracy and pass@k (sampled) on fixed prompts."""
 
-  def __init__(self, config, tokenizer, reward_fn, scorer):
+  def __init__(self, config, tokenizer, reward_fn, scorer, mesh=None):
     e = config.eval
     self.cfg = config
     self.tokenizer, self.reward_fn, self.scorer = tokenizer, reward_fn, scorer
     data_cfg = _data_config(config, split="test", size=e.num_examples,
                             batch=e.batch_size, eval_=True)
-    self.batches = list(pipeline.make_prompt_iterator(data_cfg, tokenizer))
+    # Multi-host: each process reads (and scores) its block of every batch;
+    # without a mesh, block p of P (the usual process-major layout).
+    self.block = ((jax.process_index(), jax.process_count()) if mesh is None
+                  else _row_block(mesh, e.batch_size))
+    self.batches = list(pipeline.make_prompt_iterator(
+        data_cfg, tokenizer, process_index=self.block[0],
+        process_count=self.block[1]))
 
   def __call__(self, policy, key, mesh) -> dict[str, float]:
     e, r = self.cfg.eval, self.cfg.rollout
+    block = self.block
+    if block != _row_block(mesh, e.batch_size):
+      raise ValueError(f"Evaluator: this process read row block {block} but "
+                       f"the mesh puts block {_row_block(mesh, e.batch_size)}"
+                       " of each batch here; pass the mesh to Evaluator().")
     greedy, passk = [], []
     for i, batch in enumerate(self.batches):
       kw = dict(max_new_tokens=r.max_new_tokens,
                 stop_token_ids=[self.tokenizer.eos_token_id],
                 pad_id=self.tokenizer.pad_token_id or 0,
                 prompt_buckets=(batch["tokens"].shape[1],), mesh=mesh)
-      prompts = (batch["tokens"], batch["mask"])
+      prompts = _prompts(batch, mesh, block)
       valid = batch["valid"]
       out = rollout.generate(policy, prompts, key, greedy=True, **kw)
-      texts = _decode(self.tokenizer, out.completion, out.lengths)
+      texts = _decode(self.tokenizer, _own_rows(out.completion, block),
+                      _own_rows(out.lengths, block))
       res = self.scorer.score(self.reward_fn, texts, batch["references"],
                               timeout_s=self.cfg.reward.timeout_s)
-      greedy.append(res.rewards[valid])
+      greedy.append(_all_rows(res.rewards[valid], block))
       if e.pass_k > 0:
         out = rollout.generate(policy, prompts, jax.random.fold_in(key, i),
                                temperature=r.temperature, n_samples=e.pass_k,
                                **kw)
-        texts = _decode(self.tokenizer, out.completion, out.lengths)
+        texts = _decode(self.tokenizer, _own_rows(out.completion, block),
+                        _own_rows(out.lengths, block))
         refs = [ref for ref in batch["references"] for _ in range(e.pass_k)]
         res = self.scorer.score(self.reward_fn, texts, refs,
                                 timeout_s=self.cfg.reward.timeout_s)
         solved = res.rewards.reshape(-1, e.pass_k) >= e.success_threshold
-        passk.append(solved.any(axis=1)[valid])
+        passk.append(_all_rows(solved.any(axis=1)[valid], block))
     g = np.concatenate(greedy)
     out = {"val/greedy_acc": float(np.mean(g >= e.success_threshold)),
            "val/greedy_reward": float(np.mean(g)),
@@ -147,6 +205,8 @@ class _PreemptionFlag:
 def train_and_evaluate(config, workdir) -> dict:
   """Runs GRPO/PPO as `config` says; returns the run summary (also written
   to `<workdir>/summary.json`)."""
+  # Join the other hosts first: validation counts devices and processes.
+  distributed.maybe_initialize(config)
   # Every config mistake in one error, before the policy, the warm start or
   # any compilation (and before the workdir is created).
   validate.validate_config(config)
@@ -172,10 +232,12 @@ def train_and_evaluate(config, workdir) -> dict:
   reward_fn = rewards_lib.get_reward_fn(
       config.reward.spec or rewards_lib.TASKS[config.data.task].reward)
   scorer = rewards_lib.RewardScorer(backend=config.reward.backend)
-  evaluator = Evaluator(config, tokenizer, reward_fn, scorer)
+  evaluator = Evaluator(config, tokenizer, reward_fn, scorer, mesh=mesh)
+  block = _row_block(mesh, t.prompts_per_step)
   train_iter = pipeline.make_prompt_iterator(
       _data_config(config, split="train", size=config.data.task_size,
-                   batch=t.prompts_per_step, eval_=False), tokenizer)
+                   batch=t.prompts_per_step, eval_=False), tokenizer,
+      process_index=block[0], process_count=block[1])
   group = config.rollout.n_samples
   estimator = rl_registry.get_advantage_estimator(config.advantage.estimator)
   loss_cfg = factories.make_loss_config(config.loss)
@@ -253,15 +315,17 @@ def train_and_evaluate(config, workdir) -> dict:
     key_rollout, key_train, key_shuffle = jax.random.split(step_key, 3)
     batch = next(train_iter)
     with sharding.use_mesh(mesh):
-      out = rollout.generate(current_policy(), (batch["tokens"],
-                                                batch["mask"]), key_rollout,
+      out = rollout.generate(current_policy(), _prompts(batch, mesh, block),
+                             key_rollout,
                              prompt_buckets=(batch["tokens"].shape[1],),
                              **sampling)
     rollout_s = time.perf_counter() - start
-    texts = _decode(tokenizer, out.completion, out.lengths)
+    # Each process scores its own rows; then every process holds all scores.
+    texts = _decode(tokenizer, _own_rows(out.completion, block),
+                    _own_rows(out.lengths, block))
     refs = [r for r in batch["references"] for _ in range(group)]
-    scored = scorer.score(reward_fn, texts, refs,
-                          timeout_s=config.reward.timeout_s)
+    scored = _all_rows(scorer.score(reward_fn, texts, refs,
+                                    timeout_s=config.reward.timeout_s), block)
     mask = out.completion_mask
     with sharding.use_mesh(mesh):
       # Statistics of the rollout under the current and reference policies
@@ -301,20 +365,22 @@ def train_and_evaluate(config, workdir) -> dict:
     train_m = metrics_lib.to_python(jax.tree.map(
         lambda *xs: jnp.mean(jnp.stack(xs)), *step_metrics))
     m = {k: v for k, v in train_m.items()}
-    valid = np.asarray(mask, bool)
-    lengths = np.asarray(out.lengths)
-    h_before = float(np.asarray(before.entropy)[valid].mean())
+    # Whole arrays on every host (an allgather when they span processes).
+    host = sharding.to_host
+    valid = host(mask).astype(bool)
+    lengths = host(out.lengths)
+    h_before = float(host(before.entropy)[valid].mean())
     m.update({
         "critic/score/mean": float(np.mean(scored.rewards)),
         "critic/score/max": float(np.max(scored.rewards)),
         "critic/score/min": float(np.min(scored.rewards)),
-        "critic/advantages/mean": float(np.asarray(advantages)[valid].mean()),
-        "critic/advantages/max": float(np.asarray(advantages)[valid].max()),
+        "critic/advantages/mean": float(host(advantages)[valid].mean()),
+        "critic/advantages/max": float(host(advantages)[valid].max()),
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
         "response_length/clip_ratio": float(
             np.mean(lengths >= config.rollout.max_new_tokens)),
-        "rollout/entropy": float(np.asarray(out.entropy)[valid].mean()),
+        "rollout/entropy": float(host(out.entropy)[valid].mean()),
         "actor/entropy_before_update": h_before,
         "actor/lr": float(optim.current_lr(state.opt_state) or 0.0),
         "train/skipped_steps": float(state.skipped),
@@ -323,12 +389,12 @@ def train_and_evaluate(config, workdir) -> dict:
     m.update(scored.metrics("reward"))
     if reward_kl is not None:
       m["critic/kl_in_reward"] = float(reward_kl)
-      m["critic/rewards/mean"] = float(np.mean(np.asarray(rewards_b)))
+      m["critic/rewards/mean"] = float(np.mean(host(rewards_b)))
     if after is not None:
       m["entropy/measured_dH"] = (
-          float(np.asarray(after.entropy)[valid].mean()) - h_before)
+          float(host(after.entropy)[valid].mean()) - h_before)
     step_s = time.perf_counter() - start
-    tokens = int(np.asarray(out.attention_mask).sum())
+    tokens = int(host(out.attention_mask).sum())
     m["perf/step_time"] = step_s
     m["perf/throughput"] = tokens / step_s
     if config.eval.every and ((step + 1) % config.eval.every == 0 or
@@ -358,11 +424,14 @@ def train_and_evaluate(config, workdir) -> dict:
           "checkpoints hold only finite states; see train/update_finite in "
           "metrics.jsonl.")
     summary["last_eval"] = last_eval
+    # A SIGTERM seen by any process stops all of them at the same step (the
+    # save is collective).
+    stop = distributed.any_process(preempted.is_set)
     ckpt.save(step + 1, state, data_state=train_iter.get_state(),
               meta={"config": config.to_dict(), "summary": summary},
               metrics={k: v for k, v in m.items() if k.startswith("val/")},
-              force=step + 1 == t.steps or preempted.is_set)
-    if preempted.is_set:
+              force=step + 1 == t.steps or stop)
+    if stop:
       _LOG.warning("SIGTERM received: saved step %d, exiting cleanly; the "
                    "next launch with this workdir continues from it.",
                    step + 1)

@@ -214,7 +214,8 @@ def evaluate_policy(config, policy, tokenizer, mesh) -> dict[str, float]:
   reward_fn = rewards_lib.get_reward_fn(
       config.reward.spec or rewards_lib.TASKS[config.data.task].reward)
   scorer = rewards_lib.RewardScorer(backend=config.reward.backend)
-  evaluator = rl_loop.Evaluator(config, tokenizer, reward_fn, scorer)
+  evaluator = rl_loop.Evaluator(config, tokenizer, reward_fn, scorer,
+                               mesh=mesh)
   if isinstance(getattr(evaluator, "batches", None), list):
     # A progress bar over the held-out batches (the Evaluator walks this
     # list once per call); large evaluations take minutes.

@@ -494,6 +494,20 @@ def _check_batches(c: _Checker, dp: int | None, num_processes: int):
           f"{dp}")
 
 
+def _check_distributed(c: _Checker):
+  """The optional `distributed` block (train/distributed.py)."""
+  # Imported here: the module is tiny, but keeps this file's imports to
+  # what every check needs.
+  from jaxrl_ent.train import distributed  # pylint: disable=g-import-not-at-top
+  c.str_("distributed.initialize", choices=distributed.MODES, required=False)
+  c.str_("distributed.coordinator_address", required=False)
+  num = c.int_("distributed.num_processes", low=0, required=False)
+  pid = c.int_("distributed.process_id", low=-1, required=False)
+  if _is_int(num) and _is_int(pid) and num > 0 and pid >= num:
+    c.add("distributed.process_id", f"{pid} with distributed.num_processes="
+          f"{num}; allowed: -1 (unset) or an id in [0, {num})")
+
+
 def _check_rest(c: _Checker, context, max_prompt, sft_on):
   c.int_("seed")
   c.str_("resume_from")
@@ -560,6 +574,7 @@ def validate_config(config, num_devices: int | None = None,
   _check_entropy(c)
   _check_loss_and_rl(c)
   _check_batches(c, dp, num_processes)
+  _check_distributed(c)
   model_path = _get(c.config, "model_path")
   _check_rest(c, context, max_prompt, sft_on=not model_path)
   if c.problems:

@@ -84,8 +84,31 @@ class PipelineTest(parameterized.TestCase):
     for k in range(6):
       p0, p1 = (next(it)["index"].tolist() for it in parts)
       self.assertLen(p0, 2)
-      self.assertEmpty(set(p0) & set(p1))
-      self.assertCountEqual(p0 + p1, whole[k])
+      # Contiguous blocks, in order (a batch that crosses into the next
+      # epoch may hold one example twice, so not "disjoint sets").
+      self.assertEqual(p0 + p1, whole[k])
+
+  def test_process_blocks_stack_into_the_single_process_batch(self):
+    # Multi-host runs build the global batch from the processes' blocks in
+    # order (jax.make_array_from_process_local_data): it must be exactly the
+    # batch one process reads, padded to the same bucket.
+    whole = pipeline.to_iterator(_dataset(batch_size=4, shuffle=False))
+    parts = [pipeline.to_iterator(_dataset(batch_size=4, shuffle=False,
+                                           process_index=p, process_count=2))
+             for p in range(2)]
+    for _ in range(5):
+      want = next(whole)
+      got = [next(it) for it in parts]
+      for key in ("index", "tokens", "mask", "positions", "valid"):
+        np.testing.assert_array_equal(
+            np.concatenate([g[key] for g in got]), want[key])
+      self.assertEqual(got[0]["ids"] + got[1]["ids"], want["ids"])
+    # Rows 0-1 of the first batch hold 1 and 2 tokens, yet process 0's block
+    # is padded to the bucket of the whole batch (4 tokens).
+    first = next(pipeline.to_iterator(_dataset(
+        batch_size=4, shuffle=False, process_index=0, process_count=2)))
+    self.assertEqual(first["index"].tolist(), [0, 1])
+    self.assertEqual(first["tokens"].shape, (2, 4))
 
   def test_finite_epochs_give_every_process_the_same_batch_count(self):
     counts = [len(list(pipeline.to_iterator(_dataset(

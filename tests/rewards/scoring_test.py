@@ -165,5 +165,30 @@ class OtherBackendsTest(parameterized.TestCase):
       scoring.RewardScorer("gpu")
 
 
+class ConcatenateTest(absltest.TestCase):
+
+  def test_blocks_scored_apart_equal_one_batch(self):
+    # What the processes of a multi-host run do: each scores its block.
+    spec = registry.get_reward_fn("exact_match:1.0,format:0.5")
+    texts = ["<answer>1</answer>", "2", "<answer>3</answer>", "x"]
+    refs = [{"answer": "1"}, {"answer": "2"}, {"answer": "4"}, {"answer": "x"}]
+    whole = scoring.score_batch(spec, texts, refs, backend="inline")
+    parts = [scoring.score_batch(spec, texts[i:i + 2], refs[i:i + 2],
+                                 backend="inline") for i in (0, 2)]
+    merged = scoring.ScoreResult.concatenate(parts)
+    np.testing.assert_array_equal(merged.rewards, whole.rewards)
+    np.testing.assert_array_equal(merged.status, whole.status)
+    self.assertEqual(sorted(merged.components), sorted(whole.components))
+    for name in whole.components:
+      np.testing.assert_array_equal(merged.components[name],
+                                    whole.components[name])
+    self.assertEqual(merged.counts, whole.counts)
+    self.assertEqual(merged.seconds, max(p.seconds for p in parts))
+    strip = lambda m: {k: v for k, v in m.items() if "seconds" not in k}
+    self.assertEqual(strip(merged.metrics()), strip(whole.metrics()))
+    with self.assertRaisesRegex(ValueError, "no parts"):
+      scoring.ScoreResult.concatenate([])
+
+
 if __name__ == "__main__":
   absltest.main()
