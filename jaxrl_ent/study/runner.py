@@ -47,11 +47,33 @@ class RunResult:
   error: str = ""
 
 
-def enable_compilation_cache(directory) -> None:
-  """Caches every compiled program on disk (no size/time threshold)."""
-  jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+_CACHE_OPTIONS = {"jax_compilation_cache_dir": None,
+                  "jax_persistent_cache_min_compile_time_secs": 0.0,
+                  "jax_persistent_cache_min_entry_size_bytes": -1}
+
+
+def enable_compilation_cache(directory) -> dict:
+  """Caches every compiled program on disk (no size/time threshold).
+
+  Returns the previous settings, for `restore_compilation_cache`.
+  """
+  previous = {k: getattr(jax.config, k) for k in _CACHE_OPTIONS}
+  for k, v in dict(_CACHE_OPTIONS, jax_compilation_cache_dir=str(
+      directory)).items():
+    jax.config.update(k, v)
+  return previous
+
+
+def restore_compilation_cache(previous: dict) -> None:
+  """Undoes `enable_compilation_cache` in this process (a study run
+  in-process must not leave later compilations writing to its cache)."""
+  for k, v in previous.items():
+    jax.config.update(k, v)
+  try:  # The cache object keeps its directory once initialised.
+    from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+    compilation_cache.reset_cache()
+  except (ImportError, AttributeError):
+    pass
 
 
 def is_finished(run_dir, steps: int) -> bool:
@@ -155,21 +177,22 @@ def run_study(config, workdir, *, progress: bool = True) -> list[RunResult]:
   specs = plan.expand(config, workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   cache = workdir / "jax_cache"
-  enable_compilation_cache(cache)
   results = {}
   todo = []
   for spec in specs:
+    key = (spec.method, spec.seed)
     if is_finished(spec.run_dir, spec.config.train.steps):
-      results[(spec.method, spec.seed)] = RunResult(spec, "skipped", wall_time(spec.run_dir))
+      results[key] = RunResult(spec, "skipped", wall_time(spec.run_dir))
     else:
       todo.append(spec)
-  if todo:
-    prepare_warm_starts(todo, workdir)
+  previous_cache = enable_compilation_cache(cache)
   bar = tqdm.tqdm(total=len(specs), initial=len(specs) - len(todo),
                   desc="study runs", disable=not progress)
   workers = int(config.study.workers)
   stop = _Stop()
   try:
+    if todo:
+      prepare_warm_starts(todo, workdir)
     if workers == 0:
       for spec in todo:
         if stop.is_set:
@@ -182,11 +205,10 @@ def run_study(config, workdir, *, progress: bool = True) -> list[RunResult]:
   finally:
     stop.restore()
     bar.close()
-  out = []
-  for spec in specs:
-    out.append(results.get((spec.method, spec.seed)) or RunResult(spec, "stopped",
-                                              wall_time(spec.run_dir)))
-  return out
+    restore_compilation_cache(previous_cache)
+  return [results.get((spec.method, spec.seed)) or
+          RunResult(spec, "stopped", wall_time(spec.run_dir))
+          for spec in specs]
 
 
 def _run_subprocesses(todo, workers, cache, results, bar, stop):
@@ -216,7 +238,8 @@ def _run_subprocesses(todo, workers, cache, results, bar, stop):
         status = ("done" if is_finished(spec.run_dir,
                                         spec.config.train.steps)
                   else "stopped")
-        results[(spec.method, spec.seed)] = RunResult(spec, status, wall_time(spec.run_dir))
+        results[(spec.method, spec.seed)] = RunResult(
+            spec, status, wall_time(spec.run_dir))
       else:
         err = _tail(spec.run_dir / "log.txt")
         _LOG.error("run %s/seed%d failed (exit %d); end of %s:\n%s",

@@ -28,8 +28,14 @@ class CompareTest(absltest.TestCase):
                                 f"--workdir={workdir}")
 
   def test_two_methods_one_seed_then_resume_skips_finished_runs(self):
+    import jax  # pylint: disable=g-import-not-at-top
     workdir = self.create_tempdir().full_path
+    cache_before = jax.config.jax_compilation_cache_dir
     self._compare(workdir)
+    # The study's compilation cache is switched off again afterwards (later
+    # compilations in this process must not write into its workdir).
+    self.assertEqual(jax.config.jax_compilation_cache_dir, cache_before)
+    self.assertNotEmpty(os.listdir(os.path.join(workdir, "jax_cache")))
     study = json.loads(open(os.path.join(workdir, "study.json")).read())
     self.assertEqual([(r["method"], r["seed"], r["steps"])
                       for r in study["runs"]],
