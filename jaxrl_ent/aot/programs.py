@@ -164,14 +164,8 @@ def build_setup(config, devices=None) -> Setup:
         f"max_new_tokens ({sizes.new_tokens}) exceeds the model's context of "
         f"{model_cfg.max_position_embeddings} tokens.")
 
-  t = config.train
   loss_cfg = factories.make_loss_config(config.loss)
-  controller = factories.make_controller(
-      config.entropy, clip_eps_low=config.loss.clip_eps_low,
-      clip_eps_high=config.loss.clip_eps_high,
-      updates_per_step=sizes.updates * config.loss.num_micro_batches)
-  optimizer = factories.make_optimizer(
-      config.optim, t.steps * t.ppo_epochs * t.num_mini_batches)
+  optimizer, controller = factories.make_train_transforms(config)
   graphdef, abs_model = hf_io.abstract_model(model_cfg)
   graphdef, params, rest = state_lib.split_model(nnx.merge(graphdef,
                                                            abs_model))

@@ -26,13 +26,13 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import jax
 import tqdm
 
 from jaxrl_ent.study import plan
+from jaxrl_ent.train import preemption
 
 _LOG = logging.getLogger(__name__)
 CONFIG_FILE = "run_config.json"
@@ -149,26 +149,18 @@ def _tail(path, lines: int = 15) -> str:
     return ""
 
 
-class _Stop:
-  """SIGTERM → stop launching runs and forward the signal to running ones."""
+class _Stop(preemption.SigtermFlag):
+  """SIGTERM → stop launching runs and forward the signal to running ones
+  (each saves a checkpoint and exits)."""
 
   def __init__(self):
-    self.is_set = False
     self.children: list[subprocess.Popen] = []
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    super().__init__(on_signal=self._forward)
 
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.is_set = True
+  def _forward(self):
     for p in self.children:
       if p.poll() is None:
         p.send_signal(signal.SIGTERM)
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def run_study(config, workdir, *, progress: bool = True) -> list[RunResult]:

@@ -98,6 +98,25 @@ def make_optimizer(cfg, total_steps: int):
       b2=cfg.b2, grad_clip=cfg.grad_clip)
 
 
+def make_train_transforms(config):
+  """(optimizer, controller) of an RL run, as the trainer builds them.
+
+  Controller schedules count micro-batch updates (epochs × mini-batches ×
+  micro-batches per RL step); the optimizer's schedule counts optimizer
+  steps (epochs × mini-batches per RL step). Shared by the trainer, the
+  restore path of evaluate/export and the TPU ahead-of-time check, so their
+  state trees always match.
+  """
+  t = config.train
+  updates = t.ppo_epochs * t.num_mini_batches
+  controller = make_controller(
+      config.entropy, clip_eps_low=config.loss.clip_eps_low,
+      clip_eps_high=config.loss.clip_eps_high,
+      updates_per_step=updates * config.loss.num_micro_batches)
+  optimizer = make_optimizer(config.optim, t.steps * updates)
+  return optimizer, controller
+
+
 def make_loss_config(cfg) -> train_step.LossConfig:
   """`config.loss` (+ sampling temperature) → static `LossConfig`."""
   kwargs = {}

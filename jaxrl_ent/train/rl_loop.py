@@ -21,8 +21,6 @@ decisions and checkpoints agree on every process.
 import json
 import logging
 import pathlib
-import signal
-import threading
 import time
 
 import jax
@@ -45,10 +43,14 @@ from jaxrl_ent.train import factories
 from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import optim
 from jaxrl_ent.train import policy_setup
+from jaxrl_ent.train import preemption
 from jaxrl_ent.train import state as state_lib
 from jaxrl_ent.train import validate
 
 _LOG = logging.getLogger(__name__)
+# Held-out evaluations use this fixed key, so any saved step re-evaluated
+# (launch/evaluate.py) gives exactly the run's val/* numbers.
+EVAL_KEY_SEED = 10_000
 
 
 def _data_config(config, *, split: str, size: int, batch: int, eval_: bool):
@@ -170,11 +172,6 @@ class Evaluator:
     return out
 
 
-def _updates_per_step(config) -> int:
-  return (config.train.ppo_epochs * config.train.num_mini_batches *
-          config.loss.num_micro_batches)
-
-
 def _rl_batch(out, advantages, old_logp, ref_logp) -> ts.RLBatch:
   return ts.RLBatch(
       tokens=out.tokens, positions=out.positions,
@@ -183,23 +180,13 @@ def _rl_batch(out, advantages, old_logp, ref_logp) -> ts.RLBatch:
       advantages=advantages, ref_logp=ref_logp)
 
 
-class _PreemptionFlag:
-  """SIGTERM (TPU preemption notice) sets a flag; the loop finishes the step,
-  writes a checkpoint and returns. Only installable from the main thread."""
-
-  def __init__(self):
-    self.is_set = False
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.is_set = True
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def make_reward_fn(config):
+  """`config.reward.spec`, else the reward of the synthetic `data.task`."""
+  if not config.reward.spec and not config.data.task:
+    raise ValueError("config.reward.spec is empty and there is no "
+                     "config.data.task to take the reward from.")
+  return rewards_lib.get_reward_fn(
+      config.reward.spec or rewards_lib.TASKS[config.data.task].reward)
 
 
 def train_and_evaluate(config, workdir) -> dict:
@@ -226,11 +213,7 @@ def train_and_evaluate(config, workdir) -> dict:
         f"data.max_prompt_length ({config.data.max_prompt_length}) + "
         f"rollout.max_new_tokens ({config.rollout.max_new_tokens}) exceeds "
         f"the model's context of {context} tokens.")
-  if not config.reward.spec and not config.data.task:
-    raise ValueError("config.reward.spec is empty and there is no "
-                     "config.data.task to take the reward from.")
-  reward_fn = rewards_lib.get_reward_fn(
-      config.reward.spec or rewards_lib.TASKS[config.data.task].reward)
+  reward_fn = make_reward_fn(config)
   scorer = rewards_lib.RewardScorer(backend=config.reward.backend)
   evaluator = Evaluator(config, tokenizer, reward_fn, scorer, mesh=mesh)
   block = _row_block(mesh, t.prompts_per_step)
@@ -241,13 +224,7 @@ def train_and_evaluate(config, workdir) -> dict:
   group = config.rollout.n_samples
   estimator = rl_registry.get_advantage_estimator(config.advantage.estimator)
   loss_cfg = factories.make_loss_config(config.loss)
-  controller = factories.make_controller(
-      config.entropy, clip_eps_low=config.loss.clip_eps_low,
-      clip_eps_high=config.loss.clip_eps_high,
-      updates_per_step=_updates_per_step(config))
-  optimizer = factories.make_optimizer(config.optim,
-                                       t.steps * t.ppo_epochs *
-                                       t.num_mini_batches)
+  optimizer, controller = factories.make_train_transforms(config)
   graphdef, params, rest = state_lib.split_model(policy)
   with sharding.use_mesh(mesh):
     state = jax.jit(lambda p: state_lib.create(p, optimizer, controller))(
@@ -298,7 +275,7 @@ def train_and_evaluate(config, workdir) -> dict:
     _LOG.warning("resumed from %s at step %d", found[0], start_step)
   else:
     with sharding.use_mesh(mesh):
-      initial = evaluator(current_policy(), jax.random.key(10_000), mesh)
+      initial = evaluator(current_policy(), jax.random.key(EVAL_KEY_SEED), mesh)
     summary["initial_eval"] = initial
     writer.write(0, initial)
     _LOG.info("initial held-out eval: %s", initial)
@@ -308,7 +285,7 @@ def train_and_evaluate(config, workdir) -> dict:
                     initial=start_step, total=t.steps)
   last_eval = dict(summary.get("last_eval", summary["initial_eval"]))
   consecutive_skips = 0
-  preempted = _PreemptionFlag()
+  preempted = preemption.SigtermFlag()
   for step in bar:
     start = time.perf_counter()
     step_key = jax.random.fold_in(seed_key, step)
@@ -400,7 +377,7 @@ def train_and_evaluate(config, workdir) -> dict:
     if config.eval.every and ((step + 1) % config.eval.every == 0 or
                               step + 1 == t.steps):
       with sharding.use_mesh(mesh):
-        last_eval = evaluator(current_policy(), jax.random.key(10_000), mesh)
+        last_eval = evaluator(current_policy(), jax.random.key(EVAL_KEY_SEED), mesh)
       m.update(last_eval)
     writer.write(step + 1, m)
     bar.set_postfix(reward=f"{m['critic/score/mean']:.3f}",

@@ -56,20 +56,6 @@ def model_config_and_tokenizer(config):
   return policy_setup.tiny_model_config(config, tokenizer), tokenizer
 
 
-def train_transforms(config):
-  """(optimizer, controller) as `rl_loop.train_and_evaluate` builds them."""
-  t = config.train
-  updates_per_step = (t.ppo_epochs * t.num_mini_batches *
-                      config.loss.num_micro_batches)
-  controller = factories.make_controller(
-      config.entropy, clip_eps_low=config.loss.clip_eps_low,
-      clip_eps_high=config.loss.clip_eps_high,
-      updates_per_step=updates_per_step)
-  optimizer = factories.make_optimizer(
-      config.optim, t.steps * t.ppo_epochs * t.num_mini_batches)
-  return optimizer, controller
-
-
 def abstract_train_state(config, model_cfg, mesh):
   """(graphdef, rest, abstract TrainState with shardings); allocates nothing.
 
@@ -89,7 +75,7 @@ def abstract_train_state(config, model_cfg, mesh):
                               f"{list(nnx.to_flat_state(rest))}.")
   abs_params = checkpoint.abstract_like(
       abs_params, hf_io.target_shardings(abs_params, mesh, rules))
-  optimizer, controller = train_transforms(config)
+  optimizer, controller = factories.make_train_transforms(config)
 
   def create(params):
     return state_lib.create(params, optimizer, controller)
@@ -196,11 +182,6 @@ def config_diff(saved: dict, given: dict, limit: int = 6) -> str:
   return "; ".join(diffs[:limit]) + more
 
 
-# The trainer evaluates with this key (`rl_loop.train_and_evaluate`), so a
-# saved step evaluated here gives exactly the run's val/* numbers.
-EVAL_KEY_SEED = 10_000
-
-
 def evaluate_policy(config, policy, tokenizer, mesh) -> dict[str, float]:
   """The trainer's held-out evaluation of `policy` (`rl_loop.Evaluator`).
 
@@ -208,11 +189,7 @@ def evaluate_policy(config, policy, tokenizer, mesh) -> dict[str, float]:
   temperature, on `eval.num_examples` held-out prompts, with the trainer's
   evaluation key.
   """
-  if not config.reward.spec and not config.data.task:
-    raise ValueError("config.reward.spec is empty and there is no "
-                     "config.data.task to take the reward from.")
-  reward_fn = rewards_lib.get_reward_fn(
-      config.reward.spec or rewards_lib.TASKS[config.data.task].reward)
+  reward_fn = rl_loop.make_reward_fn(config)
   scorer = rewards_lib.RewardScorer(backend=config.reward.backend)
   evaluator = rl_loop.Evaluator(config, tokenizer, reward_fn, scorer,
                                mesh=mesh)
@@ -223,4 +200,4 @@ def evaluate_policy(config, policy, tokenizer, mesh) -> dict[str, float]:
         evaluator.batches, desc="evaluate", unit="batch", leave=False,
         disable=jax.process_index() != 0)
   with sharding.use_mesh(mesh):
-    return evaluator(policy, jax.random.key(EVAL_KEY_SEED), mesh)
+    return evaluator(policy, jax.random.key(rl_loop.EVAL_KEY_SEED), mesh)
