@@ -22,7 +22,6 @@ relative to the smallest point shows where scaling stops being linear.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -80,9 +79,7 @@ def main():
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
   from jaxrl_ent import rollout  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
@@ -94,25 +91,16 @@ def main():
     args.gen_prompt_len, args.gen_new_tokens, args.repeats = 4, 4, 1
   if args.size not in known:
     sys.exit(f"--size={args.size!r}: known sizes {list(known)}")
-  dims = dict(known[args.size])
-  tie = dims.pop("tie", False)
+  dims = {k: v for k, v in known[args.size].items() if k != "tie"}
   seq_lens, batches = _ints(args.seq_lens), _ints(args.batches)
   gen_batches = _ints(args.gen_batches)
   max_len = max(seq_lens + [args.batch_seq_len,
                             args.gen_prompt_len + args.gen_new_tokens])
   dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-  jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
   torch.set_num_threads(os.cpu_count())
-  with tempfile.TemporaryDirectory() as d:
-    ref = tiny_hf.write_checkpoint(d, "qwen2", tie=tie,
-                                   max_position_embeddings=max_len, **dims)
-    model = models.from_pretrained(d, dtype=jdtype, param_dtype=jdtype,
-                                   remat=args.remat)
-  ref = ref.to(device=dev, dtype=tdtype)
-  if args.remat:  # The same trade on both sides: recompute each layer.
-    ref.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+  model, ref = ts_bench.build_pair(known[args.size], max_len=max_len,
+                                   dtype=args.dtype, remat=args.remat,
+                                   device=dev)
   n_params = model.cfg.num_params()
   graphdef, params, rest = state_lib.split_model(model)
   optimizer = optax.adamw(1e-5, weight_decay=0.01)

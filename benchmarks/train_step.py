@@ -147,6 +147,33 @@ def peak_flops(dtype: str) -> tuple[float, str]:
   return float("nan"), f"{name}: peak unknown"
 
 
+def build_pair(dims, *, max_len, dtype, remat, device):
+  """(our model, the transformers model) with the same random weights.
+
+  `dims` are Qwen2 config fields (+ optional `tie`); both sides get
+  `dtype` parameters and activations, and with `remat` both recompute each
+  layer in the backward pass (the same trade on both sides).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
+  dims = dict(dims)
+  tie = dims.pop("tie", False)
+  jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  with tempfile.TemporaryDirectory() as d:
+    ref = tiny_hf.write_checkpoint(d, "qwen2", tie=tie,
+                                   max_position_embeddings=max_len, **dims)
+    model = models.from_pretrained(d, dtype=jdtype, param_dtype=jdtype,
+                                   remat=remat)
+  ref = ref.to(device=device, dtype=tdtype)
+  if remat:
+    ref.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False})
+  return model, ref
+
+
 def bench_size(name, dims, args, rng):
   """Builds both steps for one model size, checks the loss, times them."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -154,27 +181,15 @@ def bench_size(name, dims, args, rng):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   r, s, p = args.rows, args.seq_len, args.prompt_len
   c = s - p
-  dims = dict(dims)
-  tie = dims.pop("tie", False)
-  jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
   dev = torch.device(args.torch_device)
-  with tempfile.TemporaryDirectory() as d:
-    ref = tiny_hf.write_checkpoint(d, "qwen2", tie=tie,
-                                   max_position_embeddings=s, **dims)
-    model = models.from_pretrained(d, dtype=jdtype, param_dtype=jdtype,
-                                   remat=args.remat)
-  ref = ref.to(device=dev, dtype=tdtype)
-  if args.remat:  # The same trade on both sides: recompute each layer.
-    ref.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False})
+  model, ref = build_pair(dims, max_len=s, dtype=args.dtype,
+                          remat=args.remat, device=dev)
+  dims = {k: v for k, v in dims.items() if k != "tie"}
   n_params = model.cfg.num_params()
 
   # The batch: random tokens, variable completion lengths, per-row
