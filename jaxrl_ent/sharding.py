@@ -331,3 +331,15 @@ def constrain(x, logical_axes: Sequence[str | None]):
   mesh, rules = active
   spec = logical_to_spec(logical_axes, rules, x.shape, mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def splits(logical_axes: Sequence[str]) -> bool:
+  """Whether the active mesh and rules split any of these logical axes over
+  more than one device (False without `use_mesh`)."""
+  active = getattr(_ACTIVE, "value", None)
+  if active is None:
+    return False
+  mesh, rules = active
+  mapping = dict(rules)
+  return any(mesh.shape[a] > 1 for name in logical_axes
+             for a in _as_tuple(mapping.get(name)))

@@ -33,6 +33,7 @@ from jaxrl_ent.aot import chips as chips_lib
 from jaxrl_ent.aot import cost
 from jaxrl_ent.aot import hlo
 from jaxrl_ent.models import config as config_lib
+from jaxrl_ent.models import decoder
 from jaxrl_ent.models import hf_io
 from jaxrl_ent.rl import train_step as ts
 from jaxrl_ent.rollout import sampler
@@ -244,8 +245,8 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
     if "prefill" in which or "decode" in which:
       def prefill(params, tokens_bp, mask_bp):
         policy = nnx.merge(setup.graphdef, params, setup.rest)
-        _, mask_rp, _, _, carry = sampler.prefill(policy, tokens_bp, mask_bp,
-                                                  sp)
+        _, mask_rp, _, _, carry = sampler.prefill(policy.decode_weights(),
+                                                  tokens_bp, mask_bp, sp)
         return mask_rp.sum(axis=1), carry
       prompts = _abstract(setup, (s.prompts, s.prompt_len), jnp.int32)
       prefill_traced = jax.jit(prefill).trace(params, prompts, prompts)
@@ -258,11 +259,18 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
                                          sharding=_carry_sharding(setup, a)),
           prefill_traced.out_info)
 
-      def decode(params, prompt_len, carry, key):
-        policy = nnx.merge(setup.graphdef, params, setup.rest)
-        return sampler.decode_step(policy, key, prompt_len, carry, params=sp)
-      traced = jax.jit(decode, donate_argnums=(2,)).trace(
-          params, prompt_len, carry, key)
+      # The rollout holds the stacked parameters and the weights its decode
+      # loop reads (`decoder.DecodeWeights`: per layer, fused where the mesh
+      # allows, whole along `embed`; made once per rollout): both are
+      # arguments here (kept, though the parameters are unused), so the
+      # memory analysis counts both.
+      weights = _abstract_decode_weights(setup)
+
+      def decode(params, weights, prompt_len, carry, key):
+        del params
+        return sampler.decode_step(weights, key, prompt_len, carry, params=sp)
+      traced = jax.jit(decode, donate_argnums=(3,), keep_unused=True).trace(
+          params, weights, prompt_len, carry, key)
       out.append(Program("decode", traced, s.new_tokens, 1))
     if "logp" in which:
       stats_fn = ts.make_stats_fn(setup.graphdef, setup.rest, setup.loss_cfg)
@@ -286,10 +294,32 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
   return out
 
 
+def _abstract_decode_weights(setup: Setup) -> decoder.DecodeWeights:
+  """`DecodeWeights` as sharded abstract arrays, fused and laid out as
+  `sampler.generate_arrays` makes them on this mesh."""
+  cfg = setup.model_cfg
+  with sharding.use_mesh(setup.mesh, setup.rules):
+    fused = not sharding.splits(("act_heads", "act_kv_heads", "act_mlp"))
+  axes = decoder.decode_weight_axes(cfg, fused)
+
+  def one(shape, logical, dtype):
+    spec = sharding.logical_to_spec(logical, setup.rules, shape, setup.mesh)
+    return jax.ShapeDtypeStruct(shape, dtype,
+                                sharding=NamedSharding(setup.mesh, spec))
+  layer = {n: one(shape, layer_axes, cfg.dtype) for n, (shape, layer_axes)
+           in decoder.decode_layer_specs(cfg, fused).items()}
+  d, v = cfg.hidden_size, cfg.vocab_size
+  return decoder.DecodeWeights(
+      cfg=cfg, layers=tuple(dict(layer) for _ in range(cfg.num_layers)),
+      embed=one((v, d), axes.embed, cfg.param_dtype),
+      final_norm=one((d,), axes.final_norm, cfg.param_dtype),
+      head=one((d, v), axes.head, cfg.dtype))
+
+
 def _carry_sharding(setup: Setup, a) -> NamedSharding:
   """Rows over (data, fsdp); KV-cache heads over tensor, as prefill does."""
-  if a.ndim == 5:  # KV cache [L, R, S, K, H]
-    axes = (None, "act_batch", None, "act_kv_heads", None)
+  if a.ndim == 4:  # a layer's KV cache, [R, K, H, S] or [R, K, S, H]
+    axes = ("act_batch", "act_kv_heads", None, None)
   elif a.ndim == 0:
     axes = ()
   else:

@@ -61,6 +61,35 @@ def attention(q_btnh, k_bskh, v_bskh, allowed_bts):
   return out.reshape(b, t, n, h)
 
 
+def cached_attention(q_btnh, k_bkhs, v_bksh, allowed_bts):
+  """Grouped-query attention over a KV cache in its storage layout.
+
+  Args:
+    q_btnh: queries [B, T, N, H].
+    k_bkhs: cached keys [B, K, H, S] (slots last).
+    v_bksh: cached values [B, K, S, H].
+    allowed_bts: bool [B, T, S], True where query t may attend to slot s.
+
+  Returns:
+    [B, T, N, H] in q's dtype; the same function as `attention`. Both dots
+    are plain [rows, c] @ [c, cols] products per (batch, kv head) — the form
+    XLA:CPU's fast small-matrix path takes (see `decoder.KVCache`).
+  """
+  b, t, n, h = q_btnh.shape
+  k = k_bkhs.shape[1]
+  g = n // k
+  # [B, K, T·G, H]: the query rows that share a kv head (a bitcast at T = 1).
+  q = q_btnh.reshape(b, t, k, g, h).transpose(0, 2, 1, 3, 4).reshape(
+      b, k, t * g, h)
+  scores = jnp.matmul(q, k_bkhs, preferred_element_type=jnp.float32)
+  scores = scores.reshape(b, k, t, g, -1) * (h ** -0.5)
+  scores = jnp.where(allowed_bts[:, None, :, None, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
+  out = jnp.matmul(probs.reshape(b, k, t * g, -1), v_bksh)
+  return out.reshape(b, k, t, g, h).transpose(0, 2, 1, 3, 4).reshape(
+      b, t, n, h)
+
+
 def swiglu(x_btd, gate_df, up_df, down_fd, gate_b=None, up_b=None,
            down_b=None):
   """SwiGLU MLP: down(silu(gate(x)) * up(x))."""

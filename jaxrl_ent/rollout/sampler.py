@@ -2,9 +2,11 @@
 
 `generate` validates its inputs on the host (before anything compiles), pads
 the prompts into a length bucket, and calls one jitted program that
-  1. repeats each prompt `n_samples` times (contiguous GRPO groups),
-  2. prefills the left-padded prompts once into a preallocated KV cache,
-  3. decodes inside `lax.while_loop`, stopping early when every row is done.
+  1. prefills each left-padded prompt once and copies its KV cache to its
+     `n_samples` rows (contiguous GRPO groups), in a cache preallocated for
+     the whole completion,
+  2. decodes inside `lax.while_loop`, stopping early when every row is done,
+     over per-layer weights sliced once before the loop.
 
 Axis legend: B prompts, R = B·n_samples rows, P prompt bucket length,
 C max_new_tokens, V vocabulary.
@@ -217,8 +219,14 @@ def _generate_jit(graphdef, state, tokens_bp, mask_bp, key, params):
   return generate_arrays(policy, tokens_bp, mask_bp, key, params)
 
 
-def prefill(policy, tokens_bp, mask_bp, params: SamplingParams):
-  """Repeats the prompts `n_samples` times and prefills a fresh KV cache.
+def prefill(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
+            params: SamplingParams):
+  """Prefills each prompt once, then copies its cache to its `n_samples` rows.
+
+  The prompts run through the model once ([B, P], not [R, P]: the n rows of a
+  group share their prompt, so running it n times would be n× the prefill
+  FLOPs for the same keys and values); the cache and last logits are then
+  repeated per row and the cache grown to P + C slots.
 
   Returns:
     (tokens_rp, mask_rp, positions_rp, prompt_index, carry): the repeated
@@ -226,41 +234,57 @@ def prefill(policy, tokens_bp, mask_bp, params: SamplingParams):
     initial decode carry `(i, logits_rv, cache, out_tok_rc, out_logp_rc,
     out_ent_rc, done_r)` for `decode_step` (the cache has P + C slots).
   """
-  cfg = policy.cfg
+  cfg = weights.cfg
   n, c = params.n_samples, params.max_new_tokens
-  tokens_rp = jnp.repeat(tokens_bp, n, axis=0)
-  mask_rp = jnp.repeat(mask_bp, n, axis=0).astype(jnp.int32)
-  prompt_index = jnp.repeat(jnp.arange(tokens_bp.shape[0], dtype=jnp.int32), n)
-  r, p = tokens_rp.shape
-  tokens_rp = sharding.constrain(tokens_rp, ("act_batch", None))
-  mask_rp = sharding.constrain(mask_rp, ("act_batch", None))
-  positions_rp = jnp.maximum(jnp.cumsum(mask_rp, axis=1) - 1, 0)
-
-  cache = decoder.init_cache(cfg, r, p + c)
-  kv_axes = (None, "act_batch", None, "act_kv_heads", None)
-  cache = cache._replace(k=sharding.constrain(cache.k, kv_axes),
-                         v=sharding.constrain(cache.v, kv_axes))
-  hidden, cache = policy.hidden_states(tokens_rp, positions_rp, mask_rp,
-                                       cache=cache)
+  b, p = tokens_bp.shape
+  tokens_bp = sharding.constrain(tokens_bp, ("act_batch", None))
+  mask_bp = sharding.constrain(mask_bp.astype(jnp.int32), ("act_batch", None))
+  positions_bp = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
+  hidden, cache = decoder.cached_forward(
+      weights, tokens_bp, positions_bp, mask_bp,
+      _constrain_cache(decoder.init_cache(cfg, b, p)))
   # Only the last column's logits are needed (left padding: it is real). The
-  # head applied to every prompt position would be an [R, P, V] float32
+  # head applied to every prompt position would be a [B, P, V] float32
   # buffer: 38 GiB per chip for 512 rows × 512 tokens of a 152k vocabulary
   # on v5e-8 (found by launch/aot_check.py), more than the chip's HBM.
-  last_logits = jnp.einsum("bd,dv->bv", hidden[:, -1], policy.head_weight(),
-                           preferred_element_type=jnp.float32)
-  last_logits = sharding.constrain(last_logits, ("act_batch", "act_vocab"))
-  carry = (jnp.zeros((), jnp.int32), last_logits, cache,
+  last_logits = decoder.cached_logits(weights, hidden[:, -1:])[:, 0]
+
+  def rows(x):
+    return jnp.repeat(x, n, axis=0)
+
+  cache = _constrain_cache(decoder.KVCache(
+      k=tuple(jnp.pad(rows(k), ((0, 0), (0, 0), (0, 0), (0, c)))
+              for k in cache.k),
+      v=tuple(jnp.pad(rows(v), ((0, 0), (0, 0), (0, c), (0, 0)))
+              for v in cache.v),
+      valid=jnp.pad(rows(cache.valid), ((0, 0), (0, c))),
+      index=cache.index))
+  r = b * n
+  logits_rv = sharding.constrain(rows(last_logits), ("act_batch", "act_vocab"))
+  carry = (jnp.zeros((), jnp.int32), logits_rv, cache,
            jnp.full((r, c), params.pad_id, jnp.int32),
            jnp.zeros((r, c), jnp.float32), jnp.zeros((r, c), jnp.float32),
            jnp.zeros((r,), bool))
-  return tokens_rp, mask_rp, positions_rp, prompt_index, carry
+  prompt_index = rows(jnp.arange(b, dtype=jnp.int32))
+  return (rows(tokens_bp), rows(mask_bp), rows(positions_bp), prompt_index,
+          carry)
 
 
-def decode_step(policy, key, prompt_len_r, carry, *, params: SamplingParams):
+def _constrain_cache(cache: decoder.KVCache) -> decoder.KVCache:
+  """Rows over the batch axes, kv heads over tensor (both layouts: [B, K, .])."""
+  axes = ("act_batch", "act_kv_heads", None, None)
+  return cache._replace(
+      k=tuple(sharding.constrain(k, axes) for k in cache.k),
+      v=tuple(sharding.constrain(v, axes) for v in cache.v),
+      valid=sharding.constrain(cache.valid, ("act_batch", None)))
+
+
+def decode_step(weights: decoder.DecodeWeights, key, prompt_len_r, carry, *,
+                params: SamplingParams):
   """Samples token `i` for every row and feeds it through the model.
 
   Args:
-    policy: the model.
+    weights: `policy.decode_weights()`.
     key: the rollout key; step `i` uses `fold_in(key, i)`.
     prompt_len_r: int [R] real prompt tokens per row (RoPE offset).
     carry: `(i, logits_rv, cache, out_tok_rc, out_logp_rc, out_ent_rc,
@@ -282,24 +306,29 @@ def decode_step(policy, key, prompt_len_r, carry, *, params: SamplingParams):
   if params.return_entropy:
     out_ent = out_ent.at[:, i].set(jnp.where(live, ent, 0.0))
   done = done | jnp.isin(tok, stop_ids)
-  logits, cache = policy(tok[:, None], (prompt_len_r + i)[:, None],
-                         live[:, None], cache=cache)
-  return i + 1, logits[:, 0], cache, out_tok, out_logp, out_ent, done
+  hidden, cache = decoder.cached_forward(
+      weights, tok[:, None], (prompt_len_r + i)[:, None], live[:, None], cache)
+  logits = decoder.cached_logits(weights, hidden)[:, 0]
+  return i + 1, logits, cache, out_tok, out_logp, out_ent, done
 
 
 def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
                     ) -> Rollout:
   """The traceable core of `generate` (call it inside your own jit)."""
   c = params.max_new_tokens
+  # Sliced once here, outside the decode loop (see `DecodeWeights`); the
+  # projections are fused unless the mesh splits heads or the MLP width.
+  weights = policy.decode_weights(fuse=not sharding.splits(
+      ("act_heads", "act_kv_heads", "act_mlp")))
   tokens_rp, mask_rp, positions_rp, prompt_index, carry = prefill(
-      policy, tokens_bp, mask_bp, params)
+      weights, tokens_bp, mask_bp, params)
   prompt_len = mask_rp.sum(axis=1)
 
   def cond(carry):
     i, _, _, _, _, _, done = carry
     return (i < c) & ~jnp.all(done)
 
-  body = functools.partial(decode_step, policy, key, prompt_len,
+  body = functools.partial(decode_step, weights, key, prompt_len,
                            params=params)
   _, _, _, out_tok, out_logp, out_ent, _ = jax.lax.while_loop(cond, body,
                                                               carry)

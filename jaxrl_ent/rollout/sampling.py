@@ -3,6 +3,8 @@
 Axis legend: B batch, V vocabulary. Kernels take arrays and Python scalars.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -38,6 +40,55 @@ def truncate_logits(logits_bv, *, top_k: int = 0, top_p: float = 1.0):
   return logits_bv
 
 
+def _block_size(vocab: int) -> int:
+  """A power of two near sqrt(V): both levels of the search stay short."""
+  return max(8, 1 << round(math.log2(math.sqrt(vocab))))
+
+
+def _last_positive(w_bn):
+  """Index of the last positive entry of each row (rows have one)."""
+  n = w_bn.shape[-1]
+  return n - 1 - jnp.argmax(w_bn[:, ::-1] > 0, axis=-1)
+
+
+def categorical(key, logits_bv):
+  """Draws one token per row from softmax(logits) by inverse transform.
+
+  One uniform per row, located in the cumulative distribution in two levels
+  (blocks of ~sqrt(V) tokens, then within the block). On XLA:CPU this is
+  ~15x cheaper than the Gumbel-max `jax.random.categorical`, which draws and
+  transforms V uniforms per row; it was 20 % of a decode step for the 5M
+  benchmark model. Tokens with -inf logits (truncated by top-k/top-p) have
+  zero weight and are never drawn: a row picks the first token whose
+  cumulative weight exceeds u·total, which a zero-weight token never is, and
+  round-off at the top end is clamped onto the last positive block and token.
+
+  Args:
+    key: PRNG key.
+    logits_bv: [B, V] float32; the largest entry of each row is finite.
+
+  Returns:
+    int32 [B] token ids.
+  """
+  b, v = logits_bv.shape
+  w = jnp.exp(logits_bv - jnp.max(logits_bv, axis=-1, keepdims=True))
+  blk = _block_size(v)
+  nb = -(-v // blk)
+  w_bnk = jnp.pad(w, ((0, 0), (0, nb * blk - v))).reshape(b, nb, blk)
+  block_w = jnp.sum(w_bnk, axis=-1)
+  block_cdf = jnp.cumsum(block_w, axis=-1)
+  x = jax.random.uniform(key, (b,), jnp.float32) * block_cdf[:, -1]
+  j = jnp.minimum(jnp.sum(block_cdf <= x[:, None], axis=-1),
+                  _last_positive(block_w))
+  before = jnp.where(j > 0, jnp.take_along_axis(
+      block_cdf, jnp.maximum(j - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+  w_bk = jnp.take_along_axis(w_bnk, j[:, None, None], axis=1)[:, 0]
+  cdf_bk = jnp.cumsum(w_bk, axis=-1)
+  i = jnp.minimum(jnp.sum(cdf_bk <= (x - before)[:, None], axis=-1),
+                  _last_positive(w_bk))
+  return (j * blk + i).astype(jnp.int32)
+
+
 def sample(key, logits_bv, *, temperature: float, top_k: int = 0,
            top_p: float = 1.0, greedy: bool = False):
   """Samples one token per row.
@@ -53,8 +104,8 @@ def sample(key, logits_bv, *, temperature: float, top_k: int = 0,
   if greedy:
     tokens = jnp.argmax(scaled, axis=-1)
   else:
-    tokens = jax.random.categorical(
-        key, truncate_logits(scaled, top_k=top_k, top_p=top_p), axis=-1)
+    tokens = categorical(key, truncate_logits(scaled, top_k=top_k,
+                                              top_p=top_p))
   tokens = tokens.astype(jnp.int32)
   logp = jnp.take_along_axis(logp_bv, tokens[:, None], axis=-1)[:, 0]
   entropy = -jnp.sum(jnp.exp(logp_bv) * logp_bv, axis=-1)

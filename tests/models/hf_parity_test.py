@@ -10,6 +10,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from jaxrl_ent import models
+from jaxrl_ent.models import decoder
 from jaxrl_ent.models import tiny_hf
 
 CASES = (
@@ -93,6 +94,45 @@ class HFParityTest(parameterized.TestCase):
       steps.append(logits)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full,
                                atol=1e-5, rtol=1e-5)
+
+  @parameterized.parameters("qwen2", "qwen3", "llama")
+  def test_fused_decode_weights_equal_unfused(self, kind):
+    # The rollout fuses q/k/v and gate/up into one matrix each; the cached
+    # forward must compute the same logits, in prefill and in decode, and
+    # the fused matrices must hold exactly the original weights.
+    with tempfile.TemporaryDirectory() as d:
+      tiny_hf.write_checkpoint(d, kind, seed=4)
+      model = models.from_pretrained(d)
+    cfg = model.cfg
+    plain = model.decode_weights()
+    fused = model.decode_weights(fuse=True)
+    self.assertEqual(set(fused.layers[0]) - set(plain.layers[0]),
+                     {"qkv_w", "gate_up_w"} | (
+                         {"qkv_b"} if cfg.qkv_bias else set()))
+    self.assertNotIn("q_w", fused.layers[0])
+    d_model = cfg.hidden_size
+    np.testing.assert_array_equal(
+        fused.layers[1]["qkv_w"][:, cfg.num_heads * cfg.head_dim:][
+            :, :cfg.num_kv_heads * cfg.head_dim],
+        plain.layers[1]["k_w"].reshape(d_model, -1))
+    np.testing.assert_array_equal(
+        fused.layers[1]["gate_up_w"][:, cfg.intermediate_size:],
+        plain.layers[1]["up_w"])
+    tokens, mask = _batch(cfg.vocab_size, seed=5)
+    tokens, mask = jnp.asarray(tokens[:, :20]), jnp.asarray(mask[:, :20])
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    outs = []
+    for w in (plain, fused):
+      cache = models.init_cache(cfg, 3, 24)
+      h, cache = decoder.cached_forward(w, tokens, positions, mask, cache)
+      steps = [decoder.cached_logits(w, h)]
+      for t in range(3):
+        tok = jnp.full((3, 1), 7 + t)
+        h, cache = decoder.cached_forward(w, tok, positions[:, -1:] + 1 + t,
+                                          jnp.ones((3, 1)), cache)
+        steps.append(decoder.cached_logits(w, h))
+      outs.append(np.concatenate(steps, axis=1))
+    np.testing.assert_allclose(outs[1], outs[0], atol=2e-5, rtol=1e-5)
 
 
 if __name__ == "__main__":

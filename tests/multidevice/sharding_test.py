@@ -157,6 +157,24 @@ class ShardingTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "no rule for logical axis"):
       sharding.logical_to_spec(("bogus",))
 
+  def test_splits(self):
+    # The rollout fuses q/k/v and gate/up only where this says no mesh axis
+    # of size > 1 splits heads or the MLP width.
+    heads = ("act_heads", "act_kv_heads", "act_mlp")
+    self.assertFalse(sharding.splits(heads))  # no active mesh
+    for shape, expected in (({"data": 8, "fsdp": 1, "tensor": 1}, False),
+                            ({"data": 1, "fsdp": 8, "tensor": 1}, False),
+                            ({"data": 2, "fsdp": 2, "tensor": 2}, True),
+                            ({"data": 1, "fsdp": 2, "tensor": 4}, True)):
+      with sharding.use_mesh(sharding.make_mesh(shape)):
+        self.assertEqual(sharding.splits(heads), expected, shape)
+        self.assertEqual(sharding.splits(("act_batch",)),
+                         shape["data"] * shape["fsdp"] > 1, shape)
+    rules = sharding.merge_rules({"act_mlp": "fsdp"})
+    with sharding.use_mesh(sharding.make_mesh({"data": 1, "fsdp": 8,
+                                               "tensor": 1}), rules):
+      self.assertTrue(sharding.splits(heads))
+
 
 if __name__ == "__main__":
   absltest.main()

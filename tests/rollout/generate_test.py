@@ -13,6 +13,7 @@ from jaxrl_ent import models
 from jaxrl_ent import rollout
 from jaxrl_ent.models import tiny_hf
 from jaxrl_ent.rollout import sampler as generate_lib
+from jaxrl_ent.rollout import sampling
 
 PROMPTS = [[5, 17, 3, 9, 22, 41], [7, 8], [30, 31, 32, 33]]
 
@@ -185,6 +186,42 @@ class SamplingDistributionTest(parameterized.TestCase):
     chi2 = float(((counts[keep] - e) ** 2 / e).sum())
     # 99.9% quantile of chi-square with <= 7 degrees of freedom is 24.3.
     self.assertLess(chi2, 24.3, (counts, expected * n))
+
+  def test_categorical_across_blocks(self):
+    # The inverse-transform sampler searches blocks of ~sqrt(V) tokens: put
+    # the kept tokens in different blocks, at both ends of the vocabulary,
+    # in a padded last block (V = 1000 is not a multiple of the block), and
+    # leave whole blocks without mass.
+    v = 1000
+    kept = np.array([0, 1, 31, 32, 333, 640, 641, 998, 999])
+    logits = np.full(v, -np.inf, np.float32)
+    logits[kept] = np.linspace(1.0, -1.0, len(kept))
+    p = np.exp(logits[kept] - logits[kept].max())
+    p /= p.sum()
+    n = 60_000
+    tokens = jax.jit(sampling.categorical)(
+        jax.random.key(1), jnp.broadcast_to(jnp.asarray(logits), (n, v)))
+    counts = np.bincount(np.asarray(tokens), minlength=v)
+    self.assertEqual(counts.sum(), n)
+    self.assertEqual(counts[np.setdiff1d(np.arange(v), kept)].sum(), 0)
+    e = p * n
+    chi2 = float(((counts[kept] - e) ** 2 / e).sum())
+    # 99.9 % quantile of chi-square with 8 degrees of freedom is 26.1.
+    self.assertLess(chi2, 26.1, (counts[kept], e))
+
+  def test_categorical_single_token_and_extremes(self):
+    # One finite logit: always that token, wherever it is; a logit far below
+    # the others (exp underflows to 0) is never drawn.
+    for v, i in ((7, 0), (7, 6), (300, 299), (4096, 2049)):
+      logits = np.full((64, v), -np.inf, np.float32)
+      logits[:, i] = 3.0
+      got = sampling.categorical(jax.random.key(v), logits)
+      self.assertTrue((np.asarray(got) == i).all(), (v, i))
+    logits = np.zeros((5000, 16), np.float32)
+    logits[:, 3] = -200.0
+    got = np.asarray(sampling.categorical(jax.random.key(2), logits))
+    self.assertFalse((got == 3).any())
+    self.assertTrue(((got >= 0) & (got < 16)).all())
 
 
 if __name__ == "__main__":
