@@ -73,8 +73,8 @@ JOBS = {
     # 128 × 12 heads × 1024² × 4 B = 6.4 GB (+ bf16 probs 3.2 GB). Train: 4
     # calls of 128 rows, 4 micro-batches of 32 (8 per chip); with remat the
     # saved layer inputs are 28 × 8 × 1024 × 1536 × 2 B = 0.7 GB.
-    # aot_check: peak 10.79 GiB (log-prob pass) of 32 GiB; prefill 9.77,
-    # decode 7.81, train 7.70. Fit as first sized: 32 GiB chips and FSDP over
+    # aot_check: peak 10.79 GiB (log-prob pass) of 32 GiB; prefill 5.13,
+    # decode 7.82, train 7.70. Fit as first sized: 32 GiB chips and FSDP over
     # all 4 leave 3× headroom. The log-prob pass runs all 512 rows at once
     # (no micro-batching), so its per-layer attention scores, not the
     # optimizer state, are what grows with prompts_per_step.
@@ -93,7 +93,7 @@ JOBS = {
     # batches of 64 (16 per fsdp shard); saved layer inputs 28 × 16 × 1536 ×
     # 3584 × 2 B = 4.9 GB.
     # aot_check: peak 17.64 GiB (train) of 95 GiB; log-prob 15.07, prefill
-    # 9.22, decode 6.44. Fit as first sized; what keeps every program small
+    # 4.36, decode 7.38. Fit as first sized; what keeps every program small
     # is tensor = 4 (weights, KV heads and vocabulary split 4 ways, so
     # per-chip activations are rows/4 × heads/4) plus remat. Room remains to
     # double prompts_per_step. (AdamW moments are kept in the params' bf16;
@@ -112,11 +112,11 @@ JOBS = {
     # Log-prob pass: 64 rows per chip × 8 heads × 2048² × 4 B = 8.6 GB of f32
     # scores per layer. Train: 4 calls of 256 rows, 4 micro-batches of 64 (4
     # per fsdp shard); saved layer inputs 36 × 4 × 2048 × 4096 × 2 B = 2.4 GB.
-    # aot_check: peak 21.53 GiB (log-prob pass) of 95 GiB; decode 9.55,
-    # prefill 7.70, train 7.08. Fit as first sized: 64 chips leave 0.72 GiB
+    # aot_check: peak 21.53 GiB (log-prob pass) of 95 GiB; decode 8.82,
+    # prefill 5.55, train 7.08. Fit as first sized: 64 chips leave 0.72 GiB
     # of params + moments per chip, tensor = 4 splits the 8 KV heads of the cache and
     # the attention scores, and remat keeps the train step's activations to
-    # layer inputs. Decode is most of the step (1536 × 4.38 ms), which is
+    # layer inputs. Decode is most of the step (1536 × 5.08 ms), which is
     # why the batch is large.
     "qwen3_8b_v5p_64": dict(
         model="qwen3_8b", topology="v5p:4x4x4",
