@@ -220,6 +220,8 @@ def main():
   gen_rows = [gen_point(b) for b in gen_batches]
 
   def table(points, key, title):
+    if not points:  # that sweep was not asked for (e.g. --seq_lens=)
+      return
     base = points[0]["ours_s"] / points[0]["tokens"]
     rows = []
     for pt in points:

@@ -6,7 +6,7 @@ controller state) and the batches at the config's real sizes, sharded by
 `jaxrl_ent.sharding` over a mesh of compile-only TPU devices, and compiles
 the programs one RL step runs (DESIGN.md §1):
 
-  prefill      repeat prompts, prefill the KV cache   (rollout.sampler.prefill)
+  prefill      prefill each prompt's KV cache once    (rollout.sampler.prefill)
   decode       sample one token, one cached forward   (rollout.sampler.decode_step)
   logp         old/reference log-probs, whole batch   (rl.train_step.make_stats_fn)
   train        one mini-batch update, micro-batched   (rl.train_step.make_train_step)
@@ -245,8 +245,8 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
     if "prefill" in which or "decode" in which:
       def prefill(params, tokens_bp, mask_bp):
         policy = nnx.merge(setup.graphdef, params, setup.rest)
-        _, mask_rp, _, _, carry = sampler.prefill(policy.decode_weights(),
-                                                  tokens_bp, mask_bp, sp)
+        _, mask_rp, _, _, carry = sampler.prefill(
+            sampler.rollout_weights(policy), tokens_bp, mask_bp, sp)
         return mask_rp.sum(axis=1), carry
       prompts = _abstract(setup, (s.prompts, s.prompt_len), jnp.int32)
       prefill_traced = jax.jit(prefill).trace(params, prompts, prompts)
@@ -299,7 +299,7 @@ def _abstract_decode_weights(setup: Setup) -> decoder.DecodeWeights:
   `sampler.generate_arrays` makes them on this mesh."""
   cfg = setup.model_cfg
   with sharding.use_mesh(setup.mesh, setup.rules):
-    fused = not sharding.splits(("act_heads", "act_kv_heads", "act_mlp"))
+    fused = sampler.fuses_projections()
   axes = decoder.decode_weight_axes(cfg, fused)
 
   def one(shape, logical, dtype):

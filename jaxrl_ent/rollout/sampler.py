@@ -312,14 +312,23 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_r, carry, *,
   return i + 1, logits, cache, out_tok, out_logp, out_ent, done
 
 
+def fuses_projections() -> bool:
+  """Whether rollouts fuse q/k/v and gate/up: unless the active mesh splits
+  heads or the MLP width (see `decoder.DecodeWeights`)."""
+  return not sharding.splits(("act_heads", "act_kv_heads", "act_mlp"))
+
+
+def rollout_weights(policy: decoder.DecoderLM) -> decoder.DecodeWeights:
+  """The decode weights a rollout uses (made once, outside the decode loop)."""
+  return policy.decode_weights(fuse=fuses_projections())
+
+
 def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
                     ) -> Rollout:
   """The traceable core of `generate` (call it inside your own jit)."""
   c = params.max_new_tokens
-  # Sliced once here, outside the decode loop (see `DecodeWeights`); the
-  # projections are fused unless the mesh splits heads or the MLP width.
-  weights = policy.decode_weights(fuse=not sharding.splits(
-      ("act_heads", "act_kv_heads", "act_mlp")))
+  # Made once here, outside the decode loop (see `DecodeWeights`).
+  weights = rollout_weights(policy)
   tokens_rp, mask_rp, positions_rp, prompt_index, carry = prefill(
       weights, tokens_bp, mask_bp, params)
   prompt_len = mask_rp.sum(axis=1)
