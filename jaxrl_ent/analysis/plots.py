@@ -78,8 +78,9 @@ def _curve(ax, series: runs_lib.Series, colour: str, label: str,
 
 
 def _require(runs, keys_fn: Callable[[runs_lib.Run], bool], what: str):
-  # Identities, not equality: two runs may hold equal records.
-  have = {id(r) for r in runs if keys_fn(r)}
+  """(i, run) for the runs that logged `what`; i (the run's position among
+  all runs) picks its colour, so a run keeps its colour on every panel."""
+  have = [(i, r) for i, r in enumerate(runs) if keys_fn(r)]
   if not have:
     raise MissingMetricsError(f"no run logged {what} "
                               f"(runs: {', '.join(r.name for r in runs)})")
@@ -95,9 +96,7 @@ def draw_reward(ax, runs, smooth: int):
   have = _require(runs, lambda r: r.has(runs_lib.TRAIN_REWARD_KEY)
                   or r.has(runs_lib.VAL_ACC_KEY),
                   f"{runs_lib.TRAIN_REWARD_KEY} or {runs_lib.VAL_ACC_KEY}")
-  for i, run in enumerate(runs):
-    if id(run) not in have:
-      continue
+  for i, run in have:
     c = _colour(i)
     reward = run.get(runs_lib.TRAIN_REWARD_KEY)
     if reward is not None:
@@ -116,9 +115,7 @@ def draw_entropy(ax, runs, smooth: int):
   """Rollout entropy per step, with the eval steps marked."""
   have = _require(runs, lambda r: runs_lib.entropy_series(r) is not None,
                   " or ".join(runs_lib.ENTROPY_KEYS))
-  for i, run in enumerate(runs):
-    if id(run) not in have:
-      continue
+  for i, run in have:
     c = _colour(i)
     h = runs_lib.entropy_series(run)
     _curve(ax, h, c, f"{run.name} ({run.method_label})", smooth)
@@ -152,9 +149,7 @@ def draw_entropy_law(ax, runs, smooth: int = 1):
                   or runs_lib.eval_pairs(r) is not None,
                   "entropy with critic/score/mean or val/greedy_acc")
   all_h = []
-  for i, run in enumerate(runs):
-    if id(run) not in have:
-      continue
+  for i, run in have:
     c = _colour(i)
     for source, pairs, marker, ls in (
         ("train", runs_lib.train_pairs(run, smooth), ".", "-"),
@@ -197,9 +192,7 @@ def draw_dh_scatter(ax, runs):
   """Predicted (first order, unit logit step) against measured ΔH."""
   have = _require(runs, lambda r: runs_lib.dh_pairs(r) is not None,
                   f"{runs_lib.PRED_DH_KEY} and {runs_lib.MEASURED_DH_KEY}")
-  for i, run in enumerate(runs):
-    if id(run) not in have:
-      continue
+  for i, run in have:
     _, p, m = runs_lib.dh_pairs(run)
     corr, n = runs_lib.pearson(p, m)
     ax.plot(p, m, ls="none", marker=".", ms=4, alpha=0.6, color=_colour(i),
@@ -216,9 +209,7 @@ def draw_dh_time(ax, runs, smooth: int):
   """Measured ΔH per step and the prediction rescaled onto it (dashed)."""
   have = _require(runs, lambda r: runs_lib.dh_pairs(r) is not None,
                   f"{runs_lib.PRED_DH_KEY} and {runs_lib.MEASURED_DH_KEY}")
-  for i, run in enumerate(runs):
-    if id(run) not in have:
-      continue
+  for i, run in have:
     steps, p, m = runs_lib.dh_pairs(run)
     ok = np.isfinite(p) & np.isfinite(m)
     steps, p, m = steps[ok], p[ok], m[ok]
@@ -240,10 +231,9 @@ def draw_covariance(ax, runs, smooth: int):
   """Cui et al.'s batch covariance cov(log π, A) per step."""
   have = _require(runs, lambda r: r.has(runs_lib.COVARIANCE_KEY),
                   runs_lib.COVARIANCE_KEY)
-  for i, run in enumerate(runs):
-    if id(run) in have:
-      _curve(ax, run.series(runs_lib.COVARIANCE_KEY), _colour(i), run.name,
-             smooth)
+  for i, run in have:
+    _curve(ax, run.series(runs_lib.COVARIANCE_KEY), _colour(i), run.name,
+           smooth)
   ax.axhline(0, color="k", lw=0.5)
   ax.set_xlabel("step")
   ax.set_ylabel("mean_i (log π_i − mean)(A_i − mean)")
@@ -256,9 +246,7 @@ def draw_touched(ax, runs):
   have = _require(runs, lambda r: runs_lib.touched_series(r) is not None,
                   "a controller fraction (entropy/<stage>/frac_selected, "
                   "frac_kept or a bonus coefficient)")
-  for i, run in enumerate(runs):
-    if id(run) not in have:
-      continue
+  for i, run in have:
     s = runs_lib.touched_series(run)
     ax.plot(s.step, s.value, color=_colour(i), lw=1.2,
             label=f"{run.name} ({run.method_label}): mean "
