@@ -340,6 +340,4 @@ def splits(logical_axes: Sequence[str]) -> bool:
   if active is None:
     return False
   mesh, rules = active
-  mapping = dict(rules)
-  return any(mesh.shape[a] > 1 for name in logical_axes
-             for a in _as_tuple(mapping.get(name)))
+  return any(logical_to_spec(logical_axes, rules, mesh=mesh))

@@ -319,7 +319,7 @@ def _abstract_decode_weights(setup: Setup) -> decoder.DecodeWeights:
 def _carry_sharding(setup: Setup, a) -> NamedSharding:
   """Rows over (data, fsdp); KV-cache heads over tensor, as prefill does."""
   if a.ndim == 4:  # a layer's KV cache, [R, K, H, S] or [R, K, S, H]
-    axes = ("act_batch", "act_kv_heads", None, None)
+    axes = decoder.CACHE_AXES
   elif a.ndim == 0:
     axes = ()
   else:

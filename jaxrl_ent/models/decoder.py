@@ -150,6 +150,10 @@ class KVCache(NamedTuple):
   index: jax.Array
 
 
+# Logical axes of one layer's cache array (both layouts lead with [B, K]).
+CACHE_AXES = ("act_batch", "act_kv_heads", None, None)
+
+
 def init_cache(cfg: config_lib.ModelConfig, batch: int, max_len: int,
                dtype=None) -> KVCache:
   """An empty cache of `max_len` slots."""
@@ -301,11 +305,15 @@ def cached_forward(weights: DecodeWeights, tokens_bt, positions_bt,
   return x, KVCache(tuple(new_k), tuple(new_v), valid, start + t)
 
 
-def cached_logits(weights: DecodeWeights, hidden_btd):
-  """float32 logits [B, T, V] of hidden states from `cached_forward`."""
-  logits = jnp.einsum("btd,dv->btv", hidden_btd, weights.head,
+def _logits(hidden_btd, head_dv):
+  logits = jnp.einsum("btd,dv->btv", hidden_btd, head_dv,
                       preferred_element_type=jnp.float32)
   return sharding.constrain(logits, ("act_batch", "act_len", "act_vocab"))
+
+
+def cached_logits(weights: DecodeWeights, hidden_btd):
+  """float32 logits [B, T, V] of hidden states from `cached_forward`."""
+  return _logits(hidden_btd, weights.head)
 
 
 class Layers(nnx.Module):
@@ -313,9 +321,8 @@ class Layers(nnx.Module):
 
   def __init__(self, cfg: config_lib.ModelConfig, rngs: nnx.Rngs):
     init = nnx.initializers.normal(0.02)
-    for name in layer_param_names(cfg):
-      shape_fn, axes = _LAYER_PARAMS[name]
-      shape = (cfg.num_layers,) + shape_fn(cfg)
+    for name, (shape, axes) in layer_param_specs(cfg).items():
+      shape = (cfg.num_layers,) + shape
       if name.endswith("norm"):
         value = jnp.ones(shape, cfg.param_dtype)
       elif name.endswith("_b"):
@@ -424,11 +431,7 @@ class DecoderLM(nnx.Module):
     """
     if cache is None:
       x, _ = self.hidden_states(tokens_bt, positions_bt, attention_mask_bt)
-      logits = jnp.einsum("btd,dv->btv", x, self.head_weight(),
-                          preferred_element_type=jnp.float32)
-      logits = sharding.constrain(logits,
-                                  ("act_batch", "act_len", "act_vocab"))
-      return logits, None
+      return _logits(x, self.head_weight()), None
     b, t = tokens_bt.shape
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(cache.index + jnp.arange(t), (b, t))

@@ -272,7 +272,7 @@ def prefill(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
 
 def _constrain_cache(cache: decoder.KVCache) -> decoder.KVCache:
   """Rows over the batch axes, kv heads over tensor (both layouts: [B, K, .])."""
-  axes = ("act_batch", "act_kv_heads", None, None)
+  axes = decoder.CACHE_AXES
   return cache._replace(
       k=tuple(sharding.constrain(k, axes) for k in cache.k),
       v=tuple(sharding.constrain(v, axes) for v in cache.v),
