@@ -18,6 +18,7 @@ import sys
 
 from absl import app
 from absl import flags
+from jaxrl_ent import launch_flags  # One-line answers for bad flags.
 
 # Make the repository root importable when this file is run as a script.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch_flags.run(main)

@@ -20,6 +20,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from jaxrl_ent import launch_flags  # One-line answers for bad flags.
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch_flags.run(main)

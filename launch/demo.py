@@ -16,6 +16,7 @@ import time
 
 from absl import app
 from absl import flags
+from jaxrl_ent import launch_flags  # One-line answers for bad flags.
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/jaxrl_demo", "Where the tiny HF folder "
@@ -106,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch_flags.run(main)

@@ -30,6 +30,7 @@ import sys
 
 from absl import app
 from absl import flags
+from jaxrl_ent import launch_flags  # One-line answers for bad flags.
 from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
@@ -143,4 +144,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch_flags.run(main)

@@ -14,6 +14,7 @@ import time
 
 from absl import app
 from absl import flags
+from jaxrl_ent import launch_flags  # One-line answers for bad flags.
 from absl import logging
 import jax
 from ml_collections import config_flags
@@ -87,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch_flags.run(main)
