@@ -2,19 +2,31 @@
 
 `generate` validates its inputs on the host (before anything compiles), pads
 the prompts into a length bucket, and calls one jitted program that
-  1. prefills each left-padded prompt once and copies its KV cache to its
-     `n_samples` rows (contiguous GRPO groups), in a cache preallocated for
-     the whole completion,
-  2. decodes inside `lax.while_loop`, stopping early when every row is done,
-     over per-layer weights sliced once before the loop.
+  1. prefills each left-padded prompt once ([B, P], not [R, P]) and packs its
+     KV cache from column 0 (column = RoPE position) into a prompt queue,
+  2. inserts rows (prompt, sample) into decode slots, each with a cache of
+     P + C columns, and decodes inside `lax.while_loop` over per-layer
+     weights sliced once before the loop; each step's attention reads only
+     the filled columns (`models.decode_attention`).
 
-Axis legend: B prompts, R = B·n_samples rows, P prompt bucket length,
-C max_new_tokens, V vocabulary.
+Static batch (default): one slot per row, all inserted at the start; the loop
+runs until the longest row stops. Continuous batching (`continuous=True`,
+`num_slots < R`): fewer slots than rows; when a slot's row stops (stop token
+or budget), the slot is refilled with the next row of the queue — its
+prompt's prefilled cache copied into the slot, as JetStream's insert does —
+until the queue is empty. Either way row r's token i is drawn with the key
+`fold_in(fold_in(key, r), i)`, so completions and log-probs do not depend on
+which slot or step a row ran in: both paths give the same rollout.
+
+Axis legend: B prompts, R = B·n_samples rows, S decode slots, P prompt bucket
+length, C max_new_tokens, W slot cache width (P + C rounded up to a block),
+V vocabulary.
 """
 
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +36,7 @@ from flax import struct
 
 from jaxrl_ent import sharding
 from jaxrl_ent.data import tokenization
+from jaxrl_ent.models import decode_attention as attention_lib
 from jaxrl_ent.models import decoder
 from jaxrl_ent.rollout import sampling
 
@@ -80,6 +93,13 @@ class SamplingParams:
     greedy: argmax decoding (log-probs still at `temperature`).
     return_entropy: also compute per-token entropies.
     pad_id: token written after a completion has stopped.
+    continuous: continuous batching over `num_slots` decode slots.
+    num_slots: decode slots with `continuous` (0: a quarter of the rows,
+      at least 1); at or above the row count it is the static batch.
+    kv_int8: int8 KV cache with float32 scales per (slot, kv head, token)
+      (off by default: it changes the behaviour log-probs slightly).
+    decode_attention: `models.decode_attention.IMPLS` member.
+    kv_block: cache columns per block of the decode attention.
   """
   max_new_tokens: int
   temperature: float = 1.0
@@ -90,6 +110,17 @@ class SamplingParams:
   greedy: bool = False
   return_entropy: bool = False
   pad_id: int = 0
+  continuous: bool = False
+  num_slots: int = 0
+  kv_int8: bool = False
+  decode_attention: str = "blockwise"
+  kv_block: int = 128
+
+  def slots(self, rows: int) -> int:
+    """S, the decode slots for `rows` rows (R for the static batch)."""
+    if not self.continuous:
+      return rows
+    return min(rows, self.num_slots or max(1, rows // 4))
 
   def validate(self, vocab_size: int | None = None):
     """Raises ValueError naming the offending field."""
@@ -106,6 +137,16 @@ class SamplingParams:
     if not isinstance(self.n_samples, int) or self.n_samples < 1:
       raise ValueError(f"n_samples must be an int >= 1, got "
                        f"{self.n_samples!r}.")
+    if not isinstance(self.num_slots, int) or self.num_slots < 0:
+      raise ValueError(f"num_slots must be an int >= 0, got "
+                       f"{self.num_slots!r}.")
+    if self.decode_attention not in attention_lib.IMPLS:
+      raise ValueError(f"decode_attention must be one of "
+                       f"{attention_lib.IMPLS}, got "
+                       f"{self.decode_attention!r}.")
+    if not isinstance(self.kv_block, int) or self.kv_block < 8:
+      raise ValueError(f"kv_block must be an int >= 8, got "
+                       f"{self.kv_block!r}.")
     if vocab_size is not None:
       bad = [t for t in (*self.stop_token_ids, self.pad_id)
              if not 0 <= t < vocab_size]
@@ -121,7 +162,9 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
              return_entropy: bool = False, pad_id: int = 0,
              max_prompt_len: int | None = None,
              prompt_buckets: Sequence[int] | None = None,
-             mesh=None) -> Rollout:
+             continuous: bool = False, num_slots: int = 0,
+             kv_int8: bool = False, decode_attention: str = "blockwise",
+             row_budgets=None, mesh=None) -> Rollout:
   """Samples `n_samples` completions for each prompt.
 
   Args:
@@ -141,6 +184,9 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
       minus `max_new_tokens`).
     prompt_buckets: allowed padded prompt lengths; prompts are padded to the
       smallest bucket that fits, so a run compiles one program per bucket.
+    continuous, num_slots, kv_int8, decode_attention: see `SamplingParams`.
+    row_budgets: optional int [R] per-row completion budgets (<= C): row r
+      stops after `row_budgets[r]` tokens if nothing stopped it before.
     mesh: optional mesh; rows are sharded over (`data`, `fsdp`).
 
   Raises:
@@ -151,7 +197,9 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
       max_new_tokens=max_new_tokens, temperature=float(temperature),
       top_p=float(top_p), top_k=top_k, n_samples=n_samples,
       stop_token_ids=tuple(int(t) for t in stop_token_ids), greedy=greedy,
-      return_entropy=return_entropy, pad_id=pad_id)
+      return_entropy=return_entropy, pad_id=pad_id, continuous=continuous,
+      num_slots=num_slots, kv_int8=kv_int8,
+      decode_attention=decode_attention)
   cfg = policy.cfg
   params.validate(cfg.vocab_size)
   if max_prompt_len is None:
@@ -209,36 +257,93 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
   else:
     tokens = jax.device_put(tokens, batch_sharding)
     mask = jax.device_put(mask, batch_sharding)
+  if row_budgets is not None:
+    row_budgets = np.asarray(row_budgets, np.int32)
+    if row_budgets.shape != (len(lengths) * n_samples,):
+      raise ValueError(f"row_budgets: shape {row_budgets.shape}, expected "
+                       f"({len(lengths) * n_samples},) (one per row).")
+    if (row_budgets < 1).any() or (row_budgets > max_new_tokens).any():
+      raise ValueError(f"row_budgets must be in [1, max_new_tokens="
+                       f"{max_new_tokens}].")
+    row_budgets = jax.device_put(row_budgets, None if mesh is None else
+                                 sharding.batch_sharding(mesh,
+                                                         row_budgets.shape))
   graphdef, state = nnx.split(policy)
-  return _generate_jit(graphdef, state, tokens, mask, key, params)
+  return _generate_jit(graphdef, state, tokens, mask, key, params,
+                       row_budgets)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "params"))
-def _generate_jit(graphdef, state, tokens_bp, mask_bp, key, params):
+def _generate_jit(graphdef, state, tokens_bp, mask_bp, key, params,
+                  row_budgets):
   policy = nnx.merge(graphdef, state)
-  return generate_arrays(policy, tokens_bp, mask_bp, key, params)
+  return generate_arrays(policy, tokens_bp, mask_bp, key, params,
+                         row_budgets=row_budgets)
 
 
-def prefill(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
-            params: SamplingParams):
-  """Prefills each prompt once, then copies its cache to its `n_samples` rows.
+class PromptQueue(NamedTuple):
+  """The prefilled prompts rows are inserted from (loop-invariant).
 
-  The prompts run through the model once ([B, P], not [R, P]: the n rows of a
-  group share their prompt, so running it n times would be n× the prefill
-  FLOPs for the same keys and values); the cache and last logits are then
-  repeated per row and the cache grown to P + C slots.
+  Attributes:
+    cache: `SlotCache` of B entries × P columns: prompt b's keys/values
+      packed from column 0, `lengths` its real token count.
+    logits: float32 [B, V], logits of each prompt's last token.
+  """
+  cache: decoder.SlotCache
+  logits: jax.Array
 
-  Returns:
-    (tokens_rp, mask_rp, positions_rp, prompt_index, carry): the repeated
-    prompts [R, P], their RoPE positions, the prompt of each row [R], and the
-    initial decode carry `(i, logits_rv, cache, out_tok_rc, out_logp_rc,
-    out_ent_rc, done_r)` for `decode_step` (the cache has P + C slots).
+
+class DecodeCarry(NamedTuple):
+  """State of the decode loop (one entry per slot, outputs per row).
+
+  Attributes:
+    logits: float32 [S, V], logits for each slot's next token.
+    cache: `decoder.SlotCache` of S slots × W columns.
+    out_tok: int32 [R, C] sampled tokens (`pad_id` where none).
+    out_logp: float32 [R, C] their log-probs.
+    out_ent: float32 [R, C] entropies (zeros unless `return_entropy`).
+    done: bool [S], the slot holds no live row.
+    slot_row: int32 [S], the row each slot holds (or last held).
+  """
+  logits: jax.Array
+  cache: decoder.SlotCache
+  out_tok: jax.Array
+  out_logp: jax.Array
+  out_ent: jax.Array
+  done: jax.Array
+  slot_row: jax.Array
+
+
+def cache_width(prompt_len: int, params: SamplingParams) -> tuple[int, int]:
+  """(W, block): slot cache columns (P + C rounded up) and attention block."""
+  need = prompt_len + params.max_new_tokens
+  block = min(params.kv_block, -(-need // 8) * 8)
+  return -(-need // block) * block, block
+
+
+def _constrain_slots(cache: decoder.SlotCache) -> decoder.SlotCache:
+  """Slots over the batch axes, kv heads over tensor (both layouts)."""
+  axes = decoder.CACHE_AXES
+  con = lambda xs: tuple(sharding.constrain(x, axes) for x in xs)
+  return decoder.SlotCache(con(cache.k), con(cache.v),
+                           sharding.constrain(cache.lengths, ("act_batch",)),
+                           con(cache.k_scale), con(cache.v_scale))
+
+
+def prefill_queue(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
+                  params: SamplingParams) -> PromptQueue:
+  """Runs each left-padded prompt through the model once ([B, P]).
+
+  The n rows of a group share their prompt, so running it n times would be
+  n× the prefill FLOPs for the same keys and values. The cache is then
+  packed to start at column 0 (column = RoPE position) for the slots, and
+  quantised once here with `kv_int8`.
   """
   cfg = weights.cfg
-  n, c = params.n_samples, params.max_new_tokens
   b, p = tokens_bp.shape
-  tokens_bp = sharding.constrain(tokens_bp, ("act_batch", None))
-  mask_bp = sharding.constrain(mask_bp.astype(jnp.int32), ("act_batch", None))
+  tokens_bp = sharding.constrain(jnp.asarray(tokens_bp), ("act_batch", None))
+  mask_bp = sharding.constrain(jnp.asarray(mask_bp, jnp.int32),
+                               ("act_batch", None))
   positions_bp = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
   hidden, cache = decoder.cached_forward(
       weights, tokens_bp, positions_bp, mask_bp,
@@ -248,26 +353,74 @@ def prefill(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
   # buffer: 38 GiB per chip for 512 rows × 512 tokens of a 152k vocabulary
   # on v5e-8 (found by launch/aot_check.py), more than the chip's HBM.
   last_logits = decoder.cached_logits(weights, hidden[:, -1:])[:, 0]
+  prompt_len = mask_bp.sum(axis=1).astype(jnp.int32)
+  # Left padding -> packed from column 0: column j holds the token at
+  # column j + (P - len) (columns past len hold copies, never attended).
+  src = jnp.minimum(jnp.arange(p)[None, :] + (p - prompt_len)[:, None], p - 1)
+  k = tuple(jnp.take_along_axis(x, src[:, None, None, :], axis=3)
+            for x in cache.k)
+  v = tuple(jnp.take_along_axis(x, src[:, None, :, None], axis=2)
+            for x in cache.v)
+  ks = vs = ()
+  if params.kv_int8:
+    k, ks = zip(*(attention_lib.quantize(x, axis=2) for x in k))
+    v, vs = zip(*(attention_lib.quantize(x, axis=3) for x in v))
+  return PromptQueue(
+      _constrain_slots(decoder.SlotCache(tuple(k), tuple(v), prompt_len,
+                                         tuple(ks), tuple(vs))),
+      sharding.constrain(last_logits, ("act_batch", "act_vocab")))
 
+
+def init_carry(queue: PromptQueue, rows: int, slots: int,
+               params: SamplingParams) -> DecodeCarry:
+  """Slots 0..S-1 holding rows 0..S-1 (row r samples prompt r // n)."""
+  c, n = params.max_new_tokens, params.n_samples
+  p = queue.cache.k[0].shape[-1]
+  width, _ = cache_width(p, params)
+  prompt = jnp.arange(slots, dtype=jnp.int32) // n
+
+  def fill(xs, axis):
+    pad = [(0, 0)] * 4
+    pad[axis] = (0, width - p)
+    return tuple(jnp.pad(x[prompt], pad) for x in xs)
+
+  q = queue.cache
+  cache = decoder.SlotCache(fill(q.k, 3), fill(q.v, 2), q.lengths[prompt],
+                            fill(q.k_scale, 3), fill(q.v_scale, 2))
+  return DecodeCarry(
+      logits=sharding.constrain(queue.logits[prompt],
+                                ("act_batch", "act_vocab")),
+      cache=_constrain_slots(cache),
+      out_tok=jnp.full((rows, c), params.pad_id, jnp.int32),
+      out_logp=jnp.zeros((rows, c), jnp.float32),
+      out_ent=jnp.zeros((rows, c), jnp.float32),
+      done=jnp.zeros((slots,), bool),
+      slot_row=jnp.arange(slots, dtype=jnp.int32))
+
+
+def prefill(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
+            params: SamplingParams):
+  """Prefills the prompts and inserts every row into its own slot (S = R).
+
+  Returns:
+    (tokens_rp, mask_rp, positions_rp, prompt_index, carry): the repeated
+    prompts [R, P], their RoPE positions, the prompt of each row [R], and the
+    initial `DecodeCarry` of the static batch for `decode_step`.
+  """
+  n = params.n_samples
+  rows = tokens_bp.shape[0] * n
+  queue = prefill_queue(weights, tokens_bp, mask_bp, params)
+  carry = init_carry(queue, rows, rows, params)
+  return _prompt_rows(tokens_bp, mask_bp, n) + (carry,)
+
+
+def _prompt_rows(tokens_bp, mask_bp, n):
   def rows(x):
     return jnp.repeat(x, n, axis=0)
-
-  cache = _constrain_cache(decoder.KVCache(
-      k=tuple(jnp.pad(rows(k), ((0, 0), (0, 0), (0, 0), (0, c)))
-              for k in cache.k),
-      v=tuple(jnp.pad(rows(v), ((0, 0), (0, 0), (0, c), (0, 0)))
-              for v in cache.v),
-      valid=jnp.pad(rows(cache.valid), ((0, 0), (0, c))),
-      index=cache.index))
-  r = b * n
-  logits_rv = sharding.constrain(rows(last_logits), ("act_batch", "act_vocab"))
-  carry = (jnp.zeros((), jnp.int32), logits_rv, cache,
-           jnp.full((r, c), params.pad_id, jnp.int32),
-           jnp.zeros((r, c), jnp.float32), jnp.zeros((r, c), jnp.float32),
-           jnp.zeros((r,), bool))
-  prompt_index = rows(jnp.arange(b, dtype=jnp.int32))
-  return (rows(tokens_bp), rows(mask_bp), rows(positions_bp), prompt_index,
-          carry)
+  tokens_bp, mask_bp = jnp.asarray(tokens_bp), jnp.asarray(mask_bp, jnp.int32)
+  positions_bp = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
+  prompt_index = rows(jnp.arange(tokens_bp.shape[0], dtype=jnp.int32))
+  return rows(tokens_bp), rows(mask_bp), rows(positions_bp), prompt_index
 
 
 def _constrain_cache(cache: decoder.KVCache) -> decoder.KVCache:
@@ -279,37 +432,111 @@ def _constrain_cache(cache: decoder.KVCache) -> decoder.KVCache:
       valid=sharding.constrain(cache.valid, ("act_batch", None)))
 
 
-def decode_step(weights: decoder.DecodeWeights, key, prompt_len_r, carry, *,
-                params: SamplingParams):
-  """Samples token `i` for every row and feeds it through the model.
+def row_keys(key, rows_s, tokens_s):
+  """[S] keys `fold_in(fold_in(key, row), token)`: a draw depends on its row
+  and token index only, never on the slot or step it ran at."""
+  fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+  return jax.vmap(jax.random.fold_in)(fold(key, rows_s), tokens_s)
+
+
+def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
+                carry: DecodeCarry, *, params: SamplingParams,
+                row_budgets=None) -> DecodeCarry:
+  """Samples the next token of every slot and feeds it through the model.
 
   Args:
     weights: `policy.decode_weights()`.
-    key: the rollout key; step `i` uses `fold_in(key, i)`.
-    prompt_len_r: int [R] real prompt tokens per row (RoPE offset).
-    carry: `(i, logits_rv, cache, out_tok_rc, out_logp_rc, out_ent_rc,
-      done_r)` as made by `prefill`.
+    key: the rollout key (see `row_keys`).
+    prompt_len_s: int [S] real prompt tokens of each slot's row (its token
+      index is `cache.lengths - prompt_len_s`).
+    carry: the `DecodeCarry`.
     params: sampling settings.
+    row_budgets: optional int [R] per-row budgets (default C for all).
 
   Returns:
-    The carry for step `i + 1`.
+    The carry one token later; slots whose row stopped are `done`.
   """
-  i, logits_rv, cache, out_tok, out_logp, out_ent, done = carry
+  cache = carry.cache
+  rows, c = carry.out_tok.shape
   stop_ids = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
+  i_s = cache.lengths - prompt_len_s
   tok, logp, ent = sampling.sample(
-      jax.random.fold_in(key, i), logits_rv, temperature=params.temperature,
-      top_k=params.top_k, top_p=params.top_p, greedy=params.greedy)
-  tok = jnp.where(done, params.pad_id, tok)
-  live = ~done
-  out_tok = out_tok.at[:, i].set(tok)
-  out_logp = out_logp.at[:, i].set(jnp.where(live, logp, 0.0))
+      row_keys(key, carry.slot_row, i_s), carry.logits,
+      temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+      greedy=params.greedy)
+  live = ~carry.done
+  tok = jnp.where(live, tok, params.pad_id)
+  # Finished slots write nowhere (row index R is out of range: dropped).
+  at = (jnp.where(live, carry.slot_row, rows), i_s)
+  out_tok = carry.out_tok.at[at].set(tok, mode="drop")
+  out_logp = carry.out_logp.at[at].set(logp, mode="drop")
+  out_ent = carry.out_ent
   if params.return_entropy:
-    out_ent = out_ent.at[:, i].set(jnp.where(live, ent, 0.0))
-  done = done | jnp.isin(tok, stop_ids)
-  hidden, cache = decoder.cached_forward(
-      weights, tok[:, None], (prompt_len_r + i)[:, None], live[:, None], cache)
+    out_ent = out_ent.at[at].set(ent, mode="drop")
+  budget = c if row_budgets is None else row_budgets[
+      jnp.minimum(carry.slot_row, rows - 1)]
+  done = carry.done | jnp.isin(tok, stop_ids) | (i_s + 1 >= budget)
+  width = cache.k[0].shape[-1]
+  # `cache_width` made W a multiple of kv_block, or one block if smaller.
+  block = params.kv_block if width % params.kv_block == 0 else width
+  hidden, cache = decoder.decode_forward(
+      weights, tok, cache, attention=params.decode_attention, block=block)
+  # A stopped slot's columns are no longer read: keep its length at 1 so
+  # the attention of later steps does not scan them.
+  cache = _constrain_slots(cache._replace(
+      lengths=jnp.where(done, 1, cache.lengths)))
   logits = decoder.cached_logits(weights, hidden)[:, 0]
-  return i + 1, logits, cache, out_tok, out_logp, out_ent, done
+  return DecodeCarry(sharding.constrain(logits, ("act_batch", "act_vocab")),
+                     cache, out_tok, out_logp, out_ent, done, carry.slot_row)
+
+
+def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
+           params: SamplingParams):
+  """Inserts the next rows of the queue into the slots that are done.
+
+  The k-th done slot (in slot order) gets row `next_row + k` while rows
+  remain: the prompt's packed cache is copied into the slot's first P
+  columns (one dynamic-update-slice per refilled slot and layer, in place),
+  and its logits, length and prompt length are set.
+
+  Returns:
+    (carry, prompt_len_s, next_row).
+  """
+  rows = carry.out_tok.shape[0]
+  new_row = next_row + jnp.cumsum(carry.done) - 1
+  take = carry.done & (new_row < rows)
+  count = jnp.sum(take)
+
+  def insert(args):
+    carry, prompt_len_s = args
+    prompt = jnp.where(take, new_row, 0) // params.n_samples
+    slots = jnp.nonzero(take, size=take.shape[0], fill_value=0)[0]
+    q = queue.cache
+
+    def one(j, arrs):
+      s = slots[j]
+      b = prompt[s]
+
+      def put(dst, src):
+        return jax.lax.dynamic_update_slice(
+            dst, jax.lax.dynamic_index_in_dim(src, b, 0), (s, 0, 0, 0))
+      return tuple(tuple(put(d, x) for d, x in zip(ds, xs))
+                   for ds, xs in zip(arrs, (q.k, q.v, q.k_scale, q.v_scale)))
+
+    cache = carry.cache
+    k, v, ks, vs = jax.lax.fori_loop(
+        0, count, one, (cache.k, cache.v, cache.k_scale, cache.v_scale))
+    lengths = jnp.where(take, q.lengths[prompt], cache.lengths)
+    cache = _constrain_slots(decoder.SlotCache(k, v, lengths, ks, vs))
+    logits = jnp.where(take[:, None], queue.logits[prompt], carry.logits)
+    carry = carry._replace(
+        logits=logits, cache=cache, done=carry.done & ~take,
+        slot_row=jnp.where(take, new_row, carry.slot_row).astype(jnp.int32))
+    return carry, jnp.where(take, q.lengths[prompt], prompt_len_s)
+
+  carry, prompt_len_s = jax.lax.cond(count > 0, insert, lambda a: a,
+                                     (carry, prompt_len_s))
+  return carry, prompt_len_s, next_row + count
 
 
 def fuses_projections() -> bool:
@@ -323,32 +550,56 @@ def rollout_weights(policy: decoder.DecoderLM) -> decoder.DecodeWeights:
   return policy.decode_weights(fuse=fuses_projections())
 
 
-def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
-                    ) -> Rollout:
-  """The traceable core of `generate` (call it inside your own jit)."""
-  c = params.max_new_tokens
+def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
+                    row_budgets=None) -> Rollout:
+  """The traceable core of `generate` (call it inside your own jit or vmap).
+
+  Args:
+    policy: the model.
+    tokens_bp, mask_bp: int [B, P] left-padded prompts and their mask.
+    key: PRNG key.
+    params: sampling settings (static).
+    row_budgets: optional int [R] per-row budgets (<= C).
+  """
+  n = params.n_samples
+  rows = tokens_bp.shape[0] * n
+  slots = params.slots(rows)
   # Made once here, outside the decode loop (see `DecodeWeights`).
   weights = rollout_weights(policy)
-  tokens_rp, mask_rp, positions_rp, prompt_index, carry = prefill(
-      weights, tokens_bp, mask_bp, params)
+  queue = prefill_queue(weights, tokens_bp, mask_bp, params)
+  carry = init_carry(queue, rows, slots, params)
+  step = functools.partial(decode_step, weights, key, params=params,
+                           row_budgets=row_budgets)
+  if slots == rows:  # Static batch: every row has its slot from the start.
+    prompt_len_r = jnp.repeat(queue.cache.lengths, n)
+    carry = jax.lax.while_loop(lambda c: ~jnp.all(c.done),
+                               lambda c: step(prompt_len_r, c), carry)
+  else:
+    def body(state):
+      carry, prompt_len_s, next_row = state
+      carry = step(prompt_len_s, carry)
+      return refill(queue, carry, prompt_len_s, next_row, params)
+    state = (carry, carry.cache.lengths, jnp.asarray(slots, jnp.int32))
+    carry, _, _ = jax.lax.while_loop(lambda s: ~jnp.all(s[0].done), body,
+                                     state)
+  return _assemble(tokens_bp, mask_bp, carry, params, row_budgets)
+
+
+def _assemble(tokens_bp, mask_bp, carry: DecodeCarry, params: SamplingParams,
+              row_budgets) -> Rollout:
+  c = params.max_new_tokens
+  tokens_rp, mask_rp, positions_rp, prompt_index = _prompt_rows(
+      tokens_bp, mask_bp, params.n_samples)
   prompt_len = mask_rp.sum(axis=1)
-
-  def cond(carry):
-    i, _, _, _, _, _, done = carry
-    return (i < c) & ~jnp.all(done)
-
-  body = functools.partial(decode_step, weights, key, prompt_len,
-                           params=params)
-  _, _, _, out_tok, out_logp, out_ent, _ = jax.lax.while_loop(cond, body,
-                                                              carry)
-
-  # A row's completion runs up to and including its first stop token.
+  out_tok = carry.out_tok
+  # A row's completion runs up to and including its first stop token, at
+  # most to its budget.
   stop_ids = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
   is_stop = jnp.isin(out_tok, stop_ids) & (params.stop_token_ids != ())
   stopped_before = jnp.cumsum(is_stop, axis=1) - is_stop
-  completion_mask = (stopped_before == 0).astype(jnp.int32)
+  budget = c if row_budgets is None else row_budgets[:, None]
+  completion_mask = (stopped_before == 0) & (jnp.arange(c) < budget)
   lengths = completion_mask.sum(axis=1)
-  completion_mask = completion_mask * (jnp.arange(c) < lengths[:, None])
   positions_rc = prompt_len[:, None] + jnp.arange(c)[None, :]
   return Rollout(
       tokens=jnp.concatenate([tokens_rp, out_tok], axis=1),
@@ -357,6 +608,6 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams
       prompt_mask=mask_rp,
       completion_mask=completion_mask.astype(jnp.int32),
       lengths=lengths.astype(jnp.int32),
-      logp=out_logp * completion_mask,
-      entropy=out_ent * completion_mask,
+      logp=carry.out_logp * completion_mask,
+      entropy=carry.out_ent * completion_mask,
       prompt_index=prompt_index)

@@ -51,6 +51,16 @@ def _last_positive(w_bn):
   return n - 1 - jnp.argmax(w_bn[:, ::-1] > 0, axis=-1)
 
 
+def _uniform(key, b):
+  """[B] float32 uniforms: from one key, or one per row from [B] keys."""
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if key.ndim == (0 if typed else 1):
+    return jax.random.uniform(key, (b,), jnp.float32)
+  if key.shape[:1] != (b,):
+    raise ValueError(f"{key.shape[0]} keys for {b} rows.")
+  return jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+
+
 def categorical(key, logits_bv):
   """Draws one token per row from softmax(logits) by inverse transform.
 
@@ -64,7 +74,8 @@ def categorical(key, logits_bv):
   round-off at the top end is clamped onto the last positive block and token.
 
   Args:
-    key: PRNG key.
+    key: PRNG key, or [B] keys (one per row: a row's draw then depends on
+      its own key only, not on which other rows share the batch).
     logits_bv: [B, V] float32; the largest entry of each row is finite.
 
   Returns:
@@ -77,7 +88,7 @@ def categorical(key, logits_bv):
   w_bnk = jnp.pad(w, ((0, 0), (0, nb * blk - v))).reshape(b, nb, blk)
   block_w = jnp.sum(w_bnk, axis=-1)
   block_cdf = jnp.cumsum(block_w, axis=-1)
-  x = jax.random.uniform(key, (b,), jnp.float32) * block_cdf[:, -1]
+  x = _uniform(key, b) * block_cdf[:, -1]
   j = jnp.minimum(jnp.sum(block_cdf <= x[:, None], axis=-1),
                   _last_positive(block_w))
   before = jnp.where(j > 0, jnp.take_along_axis(
@@ -92,6 +103,9 @@ def categorical(key, logits_bv):
 def sample(key, logits_bv, *, temperature: float, top_k: int = 0,
            top_p: float = 1.0, greedy: bool = False):
   """Samples one token per row.
+
+  Args:
+    key: PRNG key, or [B] keys, one per row (see `categorical`).
 
   Returns:
     (tokens [B] int32, logp [B], entropy [B]): the log-prob and entropy are
