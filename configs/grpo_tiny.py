@@ -101,15 +101,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.rollout = ml_collections.ConfigDict(dict(
       max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, n_samples=8))
+  # timeout_s bounds one reward call; batch_timeout_s the wall time of
+  # scoring one batch (items still unscored then count as timeouts).
   c.reward = ml_collections.ConfigDict(dict(
-      spec="", backend="process", timeout_s=5.0))
+      spec="", backend="process", timeout_s=5.0, batch_timeout_s=60.0))
   c.advantage = ml_collections.ConfigDict(dict(estimator="grpo"))
 
   c.loss = ml_collections.ConfigDict(dict(
       policy_loss="ppo_clip", clip_eps_low=0.2, clip_eps_high=0.28,
       clip_ratio_c=10.0, agg_mode="token-mean", kl_coef=0.0,
       kl_kind="low_var_kl", kl_in_reward_coef=0.0, kl_in_reward_kind="kl",
-      token_chunk=512, vocab_chunk=None,
+      # Typed, so --config.loss.vocab_chunk=8192 parses (None: no chunks).
+      token_chunk=512,
+      vocab_chunk=ml_collections.FieldReference(None, field_type=int),
       num_micro_batches=1))
   # The loss sees log-probs at the sampling temperature (verl semantics).
   c.loss.temperature = c.rollout.temperature

@@ -133,13 +133,16 @@ def unknown_key_message(config, name: str, path: str) -> str | None:
 
 
 def _value_type(config, path: str) -> str | None:
+  *parents, leaf = path.split(".")
   node = config
-  for part in path.split("."):
-    try:
+  try:
+    for part in parents:
       node = node[part]
-    except (KeyError, TypeError):
-      return None
-  return type(node).__name__
+    kind = node.get_type(leaf) if hasattr(node, "get_type") else type(
+        node[leaf])
+  except (KeyError, TypeError, AttributeError):
+    return None
+  return kind.__name__
 
 
 def explain(argv, error: BaseException, names=None) -> str:

@@ -52,7 +52,11 @@ def main(argv):
   try:
     validate.validate_config(FLAGS.config)
   except validate.ConfigError as e:
-    raise app.UsageError(str(e)) from None
+    launch_flags.fail(str(e))
+  # Overridden fields the selected methods do not read: say so, then run.
+  for line in validate.ignored_field_warnings(FLAGS.config,
+                                              launch_flags.overrides()):
+    launch_flags.warn(line)
   import jax  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   summary = rl_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -1,6 +1,7 @@
 """Config validation: every bad field named, all at once, before compiling."""
 
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -14,6 +15,7 @@ from absl.testing import parameterized
 
 from configs import grpo_qwen2_5_0_5b
 from configs import grpo_tiny
+from configs import tpu_grpo
 from jaxrl_ent.train import rl_loop
 from jaxrl_ent.train import validate
 
@@ -162,7 +164,8 @@ BAD_CONFIGS = (
      "train.max_consecutive_skips", "an int in [1, inf)", 1),
     ("steps_type", _wrong_type("train", "steps", "10"), "train.steps",
      "got '10' (str)", 1),
-    ("vocab_chunk_type", _set("loss.vocab_chunk", "8192"), "loss.vocab_chunk",
+    ("vocab_chunk_type", _wrong_type("loss", "vocab_chunk", "8192"),
+     "loss.vocab_chunk",
      "got '8192' (str)", 1),
     ("bool_type", _wrong_type("train", "recompute_old_logp", "yes"),
      "train.recompute_old_logp", "True or False", 1),
@@ -272,6 +275,79 @@ class ValidateConfigTest(parameterized.TestCase):
     self.assertFalse(workdir.exists())
 
 
+class UnusedFieldsTest(parameterized.TestCase):
+  """Fields the selected method ignores: checked, and overrides reported."""
+
+  @parameterized.named_parameters(
+      ("coef", "entropy.coef", -0.5), ("coef_nan", "entropy.coef", math.nan),
+      ("anneal_steps", "entropy.anneal_steps", -3),
+      ("coef_max", "entropy.coef_max", -0.5),
+      ("anneal_tau", "entropy.anneal_tau", 0.0),
+      ("w_min", "entropy.w_min", 1.5),
+      ("vocab", "data.tokenizer_vocab_size", -3),
+      ("batch_timeout", "reward.batch_timeout_s", 0.0),
+      ("gspo_eps", "loss.gspo_eps_low", -1.0),
+  )
+  def test_checked_with_method_none(self, field, value):
+    config = _tiny()
+    self.assertEqual(config.entropy.method, "none")
+    with config.ignore_type():
+      _set(field, value)(config)
+    with self.assertRaises(validate.ConfigError) as ctx:
+      validate.validate_config(config, num_devices=1, num_processes=1)
+    self.assertEqual([f for f, _ in ctx.exception.problems], [field])
+
+  def test_every_leaf_of_the_main_config_is_checked(self):
+    for arg in ("runlocal", None, "entropy=adaptive_entropy"):
+      self.assertEqual(validate.unchecked_fields(grpo_tiny.get_config(arg)),
+                       [])
+    self.assertEqual(validate.unchecked_fields(
+        grpo_qwen2_5_0_5b.get_config()), [])
+    for job in tpu_grpo.JOBS:
+      self.assertEqual(validate.unchecked_fields(
+          tpu_grpo.get_config(f"job={job}")), [], job)
+
+  def test_reader_tables_match_the_config_and_the_methods(self):
+    fields = set(grpo_tiny.entropy_config().keys()) - {"method"}
+    self.assertEqual(fields, set(validate.ENTROPY_READERS) |
+                     set(validate.ANNEAL_READERS))
+    users = {m for ms in validate.ENTROPY_READERS.values() for m in ms}
+    self.assertLessEqual(users, set(validate.ENTROPY_METHODS))
+
+  def test_override_of_an_ignored_field_is_reported(self):
+    config = _tiny()
+    config.entropy.coef = 0.5
+    config.entropy.anneal_tau = 3.0
+    config.loss.clip_ratio_c = 3.0
+    config.train.steps = 7  # Read by every run: no warning.
+    changed = validate.changed_fields(config, _tiny())
+    self.assertEqual(changed, ["entropy.anneal_tau", "entropy.coef",
+                               "loss.clip_ratio_c", "train.steps"])
+    lines = validate.ignored_field_warnings(config, changed)
+    self.assertEqual(lines, [
+        "entropy.anneal_tau=3.0 is not used: entropy.method='none' does not "
+        "read it (read with entropy.anneal in inverse_power with "
+        "entropy.method in entropy_bonus|clip_cov|kl_cov)",
+        "entropy.coef=0.5 is not used: entropy.method='none' does not read "
+        "it (read with entropy.method in entropy_bonus|kl_cov)"])
+    config.entropy.method = "kl_cov"
+    config.loss.policy_loss = "gspo"
+    lines = validate.ignored_field_warnings(config, changed)
+    self.assertLen(lines, 2)
+    self.assertIn("loss.clip_ratio_c=3.0 is not used", lines[1])
+    self.assertIn("entropy.anneal_tau", lines[0])
+
+  def test_unknown_fields_are_left_alone(self):
+    config = _tiny()
+    config.train.num_replicas = 4  # A field newer code may add.
+    config.sweep = ml_collections.ConfigDict({"seeds": [0, 1]})
+    validate.validate_config(config, num_devices=1, num_processes=1)
+    self.assertEqual(validate.unchecked_fields(config),
+                     ["sweep.seeds", "train.num_replicas"])
+    self.assertEqual(validate.ignored_field_warnings(
+        config, ["train.num_replicas", "sweep.seeds"]), [])
+
+
 class LauncherTest(absltest.TestCase):
   """The absl launcher: locked-config errors and validation, no training."""
 
@@ -288,12 +364,14 @@ class LauncherTest(absltest.TestCase):
     return proc.stdout + proc.stderr
 
   def test_unknown_key_wrong_type_and_invalid_values(self):
-    # Unknown keys and wrong types: ml_collections' locked config.
+    # Unknown keys and unparseable values: launch_flags, one line.
     out = self._launch("--config.train.stepz=3")
-    self.assertIn("stepz", out)
-    self.assertIn('Did you mean "steps"', out)
+    self.assertEqual(out, "train.py: error: unknown config field "
+                     "--config.train.stepz (block 'train' has no 'stepz'); "
+                     "did you mean --config.train.steps?\n")
     out = self._launch("--config.train.steps=abc")
-    self.assertIn("flag --config.train.steps=abc", out)
+    self.assertIn("--config.train.steps=abc: cannot parse the value as int",
+                  out)
     # Values: validate_config, every problem in one message.
     out = self._launch("--config.rollout.top_p=1.5",
                        "--config.entropy.method=clip_cov",
@@ -301,6 +379,16 @@ class LauncherTest(absltest.TestCase):
     self.assertIn("invalid config, 2 problems", out)
     self.assertIn("rollout.top_p: got 1.5; allowed", out)
     self.assertIn("entropy.clip_cov_lb: 9 >= entropy.clip_cov_ub=5", out)
+    self.assertNotIn("Traceback", out)
+    # The issue's cases: fields the method does not read are still checked.
+    out = self._launch("--config.data.tokenizer_vocab_size=-3",
+                       "--config.entropy.coef=-0.5",
+                       "--config.entropy.anneal_steps=-3",
+                       "--config.entropy.coef_max=-0.5")
+    self.assertIn("invalid config, 4 problems", out)
+    for field in ("data.tokenizer_vocab_size", "entropy.coef",
+                  "entropy.anneal_steps", "entropy.coef_max"):
+      self.assertIn(f"  - {field}: got -", out)
 
 
 if __name__ == "__main__":
