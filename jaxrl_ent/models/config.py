@@ -12,6 +12,11 @@ from typing import Any
 import jax.numpy as jnp
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+# Kept here (not imported from `attention`/`decoder`) so the config stays a
+# leaf module; tests check they match.
+ATTENTION_IMPLS = ("auto", "xla_naive", "blockwise", "splash", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots_saveable",
+                  "dots_with_no_batch_dims_saveable", "save_names")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +45,14 @@ class ModelConfig:
     qk_norm: per-head RMSNorm on q and k before RoPE (Qwen 3).
     dtype: compute dtype of activations (params keep `param_dtype`).
     param_dtype: storage dtype of parameters.
-    remat: rematerialise each layer in the backward pass (saves activations).
+    remat: rematerialise each layer in the backward pass (saves activations);
+      the legacy switch, `remat_policy="full"` when True and no policy is set.
+    remat_policy: what the layer scan keeps for the backward pass, one of
+      REMAT_POLICIES (None: from `remat`); see `decoder.remat_layer` for
+      the trade-offs.
+    attention_impl: the training forward's attention kernel, one of
+      `attention.IMPLS` ("auto": splash on TPU, cuDNN on GPU, blockwise
+      XLA elsewhere).
   """
 
   model_type: str
@@ -63,8 +75,17 @@ class ModelConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str | None = None
+  attention_impl: str = "auto"
 
   def __post_init__(self):
+    if self.remat_policy is not None and (
+        self.remat_policy not in REMAT_POLICIES):
+      raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; "
+                       f"expected one of {REMAT_POLICIES}.")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; "
+                       f"expected one of {ATTENTION_IMPLS}.")
     if self.model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(
           f"model_type={self.model_type!r} is not supported; expected one of "
@@ -82,6 +103,13 @@ class ModelConfig:
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even "
                        "for rotary embeddings.")
+
+  @property
+  def effective_remat_policy(self) -> str:
+    """`remat_policy`, or the legacy `remat` bool mapped to full/none."""
+    if self.remat_policy is not None:
+      return self.remat_policy
+    return "full" if self.remat else "none"
 
   @property
   def rope_scaling_dict(self) -> dict[str, float] | None:
@@ -131,7 +159,8 @@ def _rope(hf_config) -> tuple[float, tuple[tuple[str, float], ...] | None]:
 
 
 def from_hf_config(hf_config, *, dtype=jnp.float32, param_dtype=None,
-                   remat: bool = False) -> ModelConfig:
+                   remat: bool = False, remat_policy: str | None = None,
+                   attention_impl: str = "auto") -> ModelConfig:
   """Maps a transformers `PretrainedConfig` to a `ModelConfig`.
 
   Raises:
@@ -177,6 +206,8 @@ def from_hf_config(hf_config, *, dtype=jnp.float32, param_dtype=None,
       dtype=dtype,
       param_dtype=param_dtype or dtype,
       remat=remat,
+      remat_policy=remat_policy,
+      attention_impl=attention_impl,
   )
 
 

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax import struct
+from jax import ad_checkpoint
 
 from jaxrl_ent import sharding
+from jaxrl_ent.models import attention as attention_lib
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decode_attention
 from jaxrl_ent.models import layers
@@ -421,6 +423,51 @@ def cached_logits(weights: DecodeWeights, hidden_btd):
   return _logits(hidden_btd, weights.head)
 
 
+# Names `remat_policy="save_names"` keeps: the attention block's inputs and
+# output, so the backward pass recomputes norms and the MLP but never the
+# attention (the part whose cost grows with T).
+SAVED_NAMES = ("attn_q", "attn_k", "attn_v", "attn_out")
+
+
+def remat_layer(layer_fn, policy: str):
+  """Wraps the scanned layer body for `ModelConfig.remat_policy`.
+
+  Trade-offs (per layer; A = activations of one layer, the scan always
+  keeps each layer's input x [B, T, D]):
+    none          keeps everything the backward needs: fastest (one forward),
+                  most memory (~all of A per layer, incl. MLP [B, T, F]).
+    full          keeps only the layer input; the backward re-runs the whole
+                  layer forward (+1 forward ≈ +33 % FLOPs); least memory.
+    dots_saveable keeps every matmul output (projections, MLP; with the
+                  `xla_naive` kernel also its [B, N, T, S] scores, so use it
+                  only with a fused kernel); recomputes elementwise ops.
+    dots_with_no_batch_dims_saveable  keeps the weight matmuls (q/k/v/o,
+                  gate/up/down) but not the batched attention dots;
+                  recomputes attention and elementwise ops.
+    save_names    keeps `SAVED_NAMES` (q, k, v after RoPE and the attention
+                  output): the attention is never recomputed, the MLP is.
+                  The middle ground for long sequences, where attention
+                  dominates the recompute.
+  All wrap with `prevent_cse=False`: inside `lax.scan` the loop already stops
+  XLA from merging the recompute with the forward, and CSE protection would
+  only add barriers.
+  """
+  if policy == "none":
+    return layer_fn
+  policies = jax.checkpoint_policies
+  named = {
+      "full": None,
+      "dots_saveable": policies.dots_saveable,
+      "dots_with_no_batch_dims_saveable":
+          policies.dots_with_no_batch_dims_saveable,
+      "save_names": policies.save_only_these_names(*SAVED_NAMES),
+  }
+  if policy not in named:
+    raise ValueError(f"remat_policy={policy!r}; expected one of "
+                     f"{config_lib.REMAT_POLICIES}.")
+  return jax.checkpoint(layer_fn, prevent_cse=False, policy=named[policy])
+
+
 class Layers(nnx.Module):
   """The stacked per-layer parameters ([L, ...] each)."""
 
@@ -488,15 +535,22 @@ class DecoderLM(nnx.Module):
     axes = decode_weight_axes(cfg, "qkv_w" in per_layer[0])
     return jax.tree.map(sharding.constrain, weights, axes)
 
-  def hidden_states(self, tokens_bt, positions_bt=None, attention_mask_bt=None):
+  def hidden_states(self, tokens_bt, positions_bt=None, attention_mask_bt=None,
+                    segment_ids_bt=None):
     """Final RMS-normalised hidden states of a whole sequence (no cache).
 
     Args:
       tokens_bt: int [B, T] token ids.
       positions_bt: int [B, T] RoPE positions (default: 0..T-1). With left
-        padding, pass positions that start at 0 on the first real token.
+        padding, pass positions that start at 0 on the first real token;
+        packed rows restart them at 0 in every segment.
       attention_mask_bt: [B, T], 1 for real tokens, 0 for padding (keys that
         are padding are never attended to). Default: all real.
+      segment_ids_bt: optional int [B, T]: tokens attend causally within
+        their segment only (packed rows, `models.packing`); 0 marks padding.
+        Default: the attention mask (one segment of real tokens, padding a
+        segment of its own), which gives every real token the same result
+        as the [B, T, S] mask `causal & key_is_real`.
 
     Returns:
       (hidden [B, T, D] in the compute dtype, None). The second element keeps
@@ -506,24 +560,28 @@ class DecoderLM(nnx.Module):
     b, t = tokens_bt.shape
     if positions_bt is None:
       positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t))
-    if attention_mask_bt is None:
-      attention_mask_bt = jnp.ones((b, t), bool)
-    attention_mask_bt = attention_mask_bt.astype(bool)
+    if segment_ids_bt is None:
+      if attention_mask_bt is None:
+        segment_ids_bt = jnp.ones((b, t), jnp.int32)
+      else:
+        segment_ids_bt = attention_mask_bt.astype(bool).astype(jnp.int32)
+    segment_ids_bt = segment_ids_bt.astype(jnp.int32)
 
     x = _embed(cfg, self.embed[...], tokens_bt)
     cos, sin = _rope_tables(cfg, positions_bt)
-    q_slot = jnp.arange(t)
-    allowed = (q_slot[None, :, None] >= q_slot[None, None, :]) & (
-        attention_mask_bt[:, None, :])
     stacked = {n: getattr(self.layers, n)[...].astype(cfg.dtype)
                for n in layer_param_names(cfg)}
+    name = ad_checkpoint.checkpoint_name
 
     def layer(x, p):
       q, k, v = _qkv(cfg, p, x, cos, sin)
-      return _finish_layer(cfg, p, x, layers.attention(q, k, v, allowed)), None
+      q, k, v = (name(q, "attn_q"), name(k, "attn_k"), name(v, "attn_v"))
+      attn = attention_lib.attention(q, k, v, segment_ids_bt,
+                                     impl=cfg.attention_impl)
+      attn = name(attn, "attn_out")
+      return _finish_layer(cfg, p, x, attn), None
 
-    if cfg.remat:
-      layer = jax.checkpoint(layer, prevent_cse=False)
+    layer = remat_layer(layer, cfg.effective_remat_policy)
     x, _ = jax.lax.scan(layer, x, stacked)
     return layers.rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
 
