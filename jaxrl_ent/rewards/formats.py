@@ -3,7 +3,8 @@
 Format rewards ignore the reference: they check that the completion is in the
 shape the prompt asked for (an extractable final answer, a `<think>` block),
 and are meant as small shaping terms next to a correctness reward, e.g.
-`{"math": 1.0, "format": 0.1}`.
+`{"math": 1.0, "format": 0.1}`. Inputs over `math_answers.
+MAX_COMPLETION_CHARS` raise `InputTooLarge` (the scorer counts an error).
 """
 
 import re
@@ -25,7 +26,7 @@ def _reference_text(reference) -> str:
 
 
 def _squash(text: str) -> str:
-  return " ".join(text.split())
+  return " ".join(math_answers.check_completion(text).split())
 
 
 def exact_match_reward(completion: str, reference) -> float:
@@ -55,6 +56,7 @@ def boxed_format_reward(completion: str, reference=None) -> float:
 def gsm8k_format_reward(completion: str, reference=None) -> float:
   """1.0 if the completion ends with a `#### x` line, x a number."""
   del reference
+  math_answers.check_completion(completion)
   lines = completion.rstrip().splitlines()
   if not lines or not lines[-1].lstrip().startswith("####"):
     return 0.0
@@ -73,6 +75,7 @@ def think_format_reward(completion: str, reference=None) -> float:
   `<think>`.
   """
   del reference
+  math_answers.check_completion(completion)
   if not _tags_once(completion, _TAGS[:2]):
     return 0.0
   m = _THINK_RE.fullmatch(completion)
@@ -82,6 +85,7 @@ def think_format_reward(completion: str, reference=None) -> float:
 def think_answer_format_reward(completion: str, reference=None) -> float:
   """1.0 for exactly `<think>..</think><answer>..</answer>` (R1-Zero)."""
   del reference
+  math_answers.check_completion(completion)
   if not _tags_once(completion, _TAGS):
     return 0.0
   m = _THINK_ANSWER_RE.fullmatch(completion)

@@ -11,6 +11,14 @@ math-verify is called with its own signal-based timeouts *off*
 (`parsing_timeout=None`), because they only work in a main thread and would
 clobber the per-sample alarm of `scoring.score_batch`. Call these rewards
 through `score_batch`, which bounds their run time.
+
+Input limits are checked before any parsing: a completion longer than
+`MAX_COMPLETION_CHARS` raises `InputTooLarge` (the scorer counts it as an
+error), and an answer that math-verify would have to expand
+(`answer_too_hard`: longer than `MAX_ANSWER_CHARS`, brackets nested deeper
+than `MAX_NESTING`, an exponent tower such as `9^{9^{9}}`, a huge exponent
+or factorial) is never handed to it: it is not equal to anything but its
+own text. Extraction is linear in the completion's length.
 """
 
 import fractions
@@ -19,6 +27,107 @@ import logging
 import re
 
 Fraction = fractions.Fraction
+
+# A completion of 100k characters is ~25k tokens: past any rollout length
+# here, and still scanned in milliseconds.
+MAX_COMPLETION_CHARS = 100_000
+MAX_ANSWER_CHARS = 1_000
+MAX_NESTING = 16
+MAX_EXPONENT_DIGITS = 4  # 2^{1000} is verified; 2^{10000} is not.
+MAX_FACTORIAL_DIGITS = 3
+
+
+class InputTooLarge(ValueError):
+  """A completion over the verifiers' size limit (counted as an error)."""
+
+
+def check_completion(text, what: str = "completion") -> str:
+  """`text` if it is a str within `MAX_COMPLETION_CHARS`, else raises.
+
+  Raises:
+    TypeError: not a str (e.g. undecoded bytes).
+    InputTooLarge: longer than `MAX_COMPLETION_CHARS`.
+  """
+  if not isinstance(text, str):
+    raise TypeError(f"{what} must be str, got {type(text).__name__}")
+  if len(text) > MAX_COMPLETION_CHARS:
+    raise InputTooLarge(f"{what} of {len(text)} characters exceeds the "
+                        f"verifiers' limit of {MAX_COMPLETION_CHARS}")
+  return text
+
+
+_BIG_EXPONENT_RE = re.compile(
+    r"\^\s*\{?\s*[-+]?\d{%d,}" % (MAX_EXPONENT_DIGITS + 1))
+_BIG_FACTORIAL_RE = re.compile(
+    r"\d{%d,}\s*\}?\s*!" % (MAX_FACTORIAL_DIGITS + 1))
+_OPEN, _CLOSE = "{([", "})]"
+
+
+def _exponent_end(text: str, i: int) -> int:
+  """End index of the exponent that starts after the `^` at `i`."""
+  j = i + 1
+  while j < len(text) and text[j].isspace():
+    j += 1
+  if j < len(text) and text[j] == "{":
+    depth = 0
+    for k in range(j, len(text)):
+      depth += text[k] == "{"
+      depth -= text[k] == "}"
+      if depth == 0:
+        return k + 1
+    return len(text)
+  while j < len(text) and (text[j].isalnum() or text[j] in ".\\"):
+    j += 1
+  return j
+
+
+def _group_has_power(base: str) -> bool:
+  """Whether the bracket group `base` ends with contains a `^`."""
+  depth = 0
+  for k in range(len(base) - 1, -1, -1):
+    depth += base[k] in _CLOSE
+    depth -= base[k] in _OPEN
+    if depth == 0:
+      return "^" in base[k:]
+  return "^" in base
+
+
+def answer_too_hard(answer: str) -> str | None:
+  """Why `answer` must not reach a symbolic verifier, or None if it may.
+
+  Checks, in one linear pass each: length, bracket nesting depth, exponent
+  towers (an exponent containing `^`, or `a^b^c`), exponents with more
+  than `MAX_EXPONENT_DIGITS` digits, factorials of more than
+  `MAX_FACTORIAL_DIGITS` digits.
+  """
+  if len(answer) > MAX_ANSWER_CHARS:
+    return f"{len(answer)} characters (limit {MAX_ANSWER_CHARS})"
+  depth = deepest = 0
+  for ch in answer:
+    if ch in _OPEN:
+      depth += 1
+      deepest = max(deepest, depth)
+    elif ch in _CLOSE:
+      depth -= 1
+  if deepest > MAX_NESTING:
+    return f"brackets nested {deepest} deep (limit {MAX_NESTING})"
+  group_powers = 0  # `(…^…)^k`: two of them nest to 9^(9·9·9) and more.
+  for i, ch in enumerate(answer):
+    if ch == "^":
+      end = _exponent_end(answer, i)
+      rest = answer[end:end + 8].lstrip()
+      if "^" in answer[i + 1:end] or rest.startswith("^"):
+        return "an exponent tower"
+      base = answer[:i].rstrip()
+      if base and base[-1] in _CLOSE and "^" in base[-MAX_ANSWER_CHARS:]:
+        group_powers += _group_has_power(base)
+  if group_powers > 1:
+    return "an exponent tower (powers of powers)"
+  if _BIG_EXPONENT_RE.search(answer):
+    return f"an exponent of more than {MAX_EXPONENT_DIGITS} digits"
+  if _BIG_FACTORIAL_RE.search(answer):
+    return f"a factorial of more than {MAX_FACTORIAL_DIGITS} digits"
+  return None
 
 # --------------------------------------------------------------------------
 # Extraction.
@@ -56,6 +165,16 @@ def _last_match(regex: re.Pattern, text: str) -> str | None:
   return found[-1].strip() if found else None
 
 
+def _last_answer_tag(text: str) -> str | None:
+  # Searched only up to the last closing tag: a lazy `<answer>(.*?)</answer>`
+  # is quadratic over openings that no closing tag follows (20k of them took
+  # 17 s); before the last `</answer>` every opening finds one.
+  end = text.rfind("</answer>")
+  if end < 0:
+    return None
+  return _last_match(_ANSWER_TAG_RE, text[:end + len("</answer>")])
+
+
 def extract_answer(text: str, formats=STRICT_FORMATS) -> str | None:
   """The answer string in `text` under the first format that matches.
 
@@ -67,14 +186,18 @@ def extract_answer(text: str, formats=STRICT_FORMATS) -> str | None:
 
   Returns:
     The stripped answer, or None when no format matches (or it is empty).
+
+  Raises:
+    InputTooLarge: `text` is longer than `MAX_COMPLETION_CHARS`.
   """
+  check_completion(text, "text")
   for fmt in formats:
     if fmt == "boxed":
       ans = last_boxed(text)
     elif fmt == "gsm8k":
       ans = _last_match(_GSM8K_RE, text)
     elif fmt == "answer_tag":
-      ans = _last_match(_ANSWER_TAG_RE, text)
+      ans = _last_answer_tag(text)
     elif fmt == "answer_is":
       ans = _last_match(_ANSWER_IS_RE, text)
     elif fmt == "last_number":
@@ -228,6 +351,8 @@ def answers_equal(pred: str, gold: str, *, use_math_verify: bool = True
   np_, ng = normalize(pred), normalize(gold)
   if np_ and np_ == ng:
     return True
+  if answer_too_hard(np_) or answer_too_hard(ng):
+    return False  # Unverifiable in bounded time: not shown to be equal.
   if use_math_verify and _math_verify() is not None:
     return _mv_equal(np_, ng)
   return False

@@ -5,6 +5,12 @@ per sample; a call that raises, runs past `timeout_s`, or returns NaN/inf or
 a non-number gives 0 for that sample and is counted in `ScoreResult.counts`
 (and `metrics()`).
 
+`batch_timeout_s` bounds the whole batch: when it runs out, items not scored
+yet count as timeouts (`counts["over_budget"]` of them), busy workers are
+killed and replaced (a stuck thread is abandoned), and the call returns —
+so a batch in which every completion hangs its verifier costs the budget
+plus the time to kill and respawn the workers, not items × `timeout_s`.
+
 Backends:
 - `process` (default): a persistent pool of worker processes
   (`rewards._worker`, plain `python -c` subprocesses, so no fork of a
@@ -53,7 +59,9 @@ class ScoreResult:
     status: [N] int8; OK, or the first failing status among components.
     components: name -> [N] float32 unweighted rewards (`WeightedSum` only).
     counts: `ok`, `errors`, `timeouts`, `nonfinite`, `invalid` over all
-      calls, plus `restarts` (workers killed) and `abandoned` (threads).
+      calls, plus `restarts` (workers killed), `abandoned` (threads) and
+      `over_budget` (calls left unscored by `batch_timeout_s`, also counted
+      in `timeouts`).
     errors: up to a few error messages, for the log.
     seconds: wall time of the call.
   """
@@ -118,18 +126,32 @@ class RewardScorer:
     self._thread_only = set()  # Pickles the workers could not load.
     self._lock = threading.Lock()
 
-  def score(self, fn, completions, references, *, timeout_s: float = 5.0
-            ) -> ScoreResult:
-    """Scores `fn(completions[i], references[i])` for all i, safely."""
+  def score(self, fn, completions, references, *, timeout_s: float = 5.0,
+            batch_timeout_s: float | None = None) -> ScoreResult:
+    """Scores `fn(completions[i], references[i])` for all i, safely.
+
+    Args:
+      fn: the reward.
+      completions: N completions.
+      references: N references.
+      timeout_s: limit per call (per component of a `WeightedSum`).
+      batch_timeout_s: wall-time budget of the whole call (all components);
+        None: no budget. Items unscored when it runs out count as timeouts.
+    """
     if len(completions) != len(references):
       raise ValueError(f"{len(completions)} completions but "
                        f"{len(references)} references")
     if not timeout_s > 0:
       raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if batch_timeout_s is not None and not batch_timeout_s > 0:
+      raise ValueError(f"batch_timeout_s must be > 0 or None, got "
+                       f"{batch_timeout_s}")
     t0 = time.perf_counter()
+    deadline = (None if batch_timeout_s is None
+                else time.monotonic() + batch_timeout_s)
     items = list(zip(completions, references))
     if isinstance(fn, registry.WeightedSum):
-      parts = {k: self._score_fn(f, items, timeout_s)
+      parts = {k: self._score_fn(f, items, timeout_s, deadline)
                for k, f in fn.fns.items()}
       components = {k: c.values.astype(np.float32) for k, c in parts.items()}
       rewards = sum(fn.weights[k] * c.values for k, c in parts.items())
@@ -138,7 +160,7 @@ class RewardScorer:
         status = np.where(status == OK, c.status, status)
       calls = list(parts.values())
     else:
-      only = self._score_fn(fn, items, timeout_s)
+      only = self._score_fn(fn, items, timeout_s, deadline)
       rewards, status, components, calls = only.values, only.status, {}, [
           only]
     counts = {name: 0 for name in STATUS_NAMES}
@@ -147,14 +169,21 @@ class RewardScorer:
         counts[name] += int((c.status == code).sum())
     counts["restarts"] = sum(c.restarts for c in calls)
     counts["abandoned"] = sum(c.abandoned for c in calls)
+    counts["over_budget"] = sum(c.over_budget for c in calls)
     errors = tuple(e for c in calls for e in c.errors)[:5]
     return ScoreResult(np.asarray(rewards, np.float32), status, components,
                        counts, errors, time.perf_counter() - t0)
 
-  def _score_fn(self, fn, items, timeout_s) -> worker_pool.Calls:
+  def _score_fn(self, fn, items, timeout_s, deadline) -> worker_pool.Calls:
     calls = worker_pool.Calls(len(items))
-    if not items:
-      return calls
+    if items:
+      self._score_into(calls, fn, items, timeout_s, deadline)
+    calls.expire_unscored()
+    return calls
+
+  def _score_into(self, calls, fn, items, timeout_s, deadline):
+    if deadline is not None and time.monotonic() >= deadline:
+      return  # No budget left (e.g. for a later component of a sum).
     backend = self.backend
     if backend == "process":
       try:
@@ -167,24 +196,29 @@ class RewardScorer:
       backend = "thread"
     if backend == "process":
       with self._lock:
-        if not self._pool.run(fn_bytes, items, timeout_s, calls):
+        if not self._pool.run(fn_bytes, items, timeout_s, calls,
+                              deadline=deadline):
           warnings.warn(f"reward {fn!r} could not be loaded in a worker "
                         f"({calls.errors.pop()}); scoring it in threads "
                         "from now on")
           self._thread_only.add(fn_bytes)
           backend = "thread"
     if backend == "thread":
-      _run_threads(fn, items, timeout_s, calls)
+      _run_threads(fn, items, timeout_s, calls, deadline)
     elif backend == "inline":
       use_alarm = threading.current_thread() is threading.main_thread()
       prev = _install_alarm() if use_alarm else None
       try:
         for i, (c, r) in enumerate(items):
-          calls.put(i, *_worker.call_one(fn, c, r, timeout_s, use_alarm))
+          limit = timeout_s
+          if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+            if limit <= 0:
+              break  # The rest count as over budget.
+          calls.put(i, *_worker.call_one(fn, c, r, limit, use_alarm))
       finally:
         if use_alarm:
           _restore_alarm(prev)
-    return calls
 
   def close(self):
     """Stops the worker processes (they restart on the next `score`)."""
@@ -215,10 +249,16 @@ def _restore_alarm(prev):
   signal.signal(signal.SIGALRM, prev)
 
 
-def _run_threads(fn, items, timeout_s, calls):
-  """Sequential calls in a daemon thread; a hung one is abandoned."""
+def _run_threads(fn, items, timeout_s, calls, deadline=None):
+  """Sequential calls in a daemon thread; a hung one is abandoned.
+
+  Past `deadline` (monotonic seconds) the running thread is abandoned and
+  the items it has not finished stay unscored.
+  """
   start = 0
   while start < len(items):
+    if deadline is not None and time.monotonic() >= deadline:
+      return
     state = {"j": start, "t0": time.monotonic()}
     cancelled = threading.Event()
 
@@ -238,6 +278,10 @@ def _run_threads(fn, items, timeout_s, calls):
       if not thread.is_alive():
         start = len(items)
         break
+      if deadline is not None and time.monotonic() >= deadline:
+        cancelled.set()
+        calls.abandoned += 1
+        return
       j = state["j"]
       if time.monotonic() - state["t0"] > timeout_s and j == state["j"]:
         cancelled.set()
@@ -265,8 +309,8 @@ def get_scorer(backend: str = "process", num_workers: int | None = None
 
 
 def score_batch(fn, completions, references, *, timeout_s: float = 5.0,
-                backend: str = "process", num_workers: int | None = None
-                ) -> ScoreResult:
+                backend: str = "process", num_workers: int | None = None,
+                batch_timeout_s: float | None = None) -> ScoreResult:
   """Rewards `fn(completion, reference)` per sample; failures give 0.
 
   Args:
@@ -276,12 +320,14 @@ def score_batch(fn, completions, references, *, timeout_s: float = 5.0,
     timeout_s: limit per call (per component for a `WeightedSum`).
     backend: `process` (default), `thread` or `inline`.
     num_workers: pool size for `process`.
+    batch_timeout_s: wall-time budget for the whole batch (None: none).
 
   Returns:
     A `ScoreResult`; `result.metrics()` gives the logged scalars.
   """
   scorer = get_scorer(backend, num_workers)
-  return scorer.score(fn, completions, references, timeout_s=timeout_s)
+  return scorer.score(fn, completions, references, timeout_s=timeout_s,
+                      batch_timeout_s=batch_timeout_s)
 
 
 @atexit.register

@@ -67,7 +67,7 @@ def make_digits(rng: random.Random, *, min_len: int = 3, max_len: int = 5,
 
 def _tokens(text: str) -> list[str]:
   """Digit strings compare as symbol sequences: spaces are separators."""
-  squashed = text.split()
+  squashed = math_answers.check_completion(text).split()
   if len(squashed) == 1 and len(squashed[0]) > 1:
     return list(squashed[0])  # "413" written without separators.
   return squashed

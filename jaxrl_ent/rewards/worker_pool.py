@@ -3,7 +3,9 @@
 `WorkerPool.run` spreads one reward over a batch in chunks, reads each
 worker's progress record to kill one stuck in an item past
 `timeout_s + grace_s`, blames that item (a timeout), replaces the worker and
-re-queues the rest of its chunk.
+re-queues the rest of its chunk. Past the batch's `deadline` it kills and
+replaces every busy worker and returns, leaving the unfinished items
+unscored (`Calls.expire_unscored` turns them into timeouts).
 """
 
 import collections
@@ -32,12 +34,19 @@ class Calls:
     self.status = np.full(n, -1, np.int8)
     self.values = np.zeros(n, np.float64)
     self.errors = []
-    self.restarts = self.abandoned = 0
+    self.restarts = self.abandoned = self.over_budget = 0
 
   def put(self, i, status, value, err=None):
     self.status[i], self.values[i] = status, value
     if err is not None and len(self.errors) < MAX_ERRORS:
       self.errors.append(err)
+
+  def expire_unscored(self):
+    """Items never scored (the batch budget ran out) become timeouts."""
+    left = self.status < 0
+    self.over_budget += int(left.sum())
+    self.status[left] = TIMEOUT
+    self.values[left] = 0.0
 
 
 class _Worker:
@@ -132,9 +141,13 @@ class WorkerPool:
     self._workers[self._workers.index(w)] = new
     return new
 
-  def run(self, fn_bytes: bytes, items, timeout_s: float, calls: Calls
-          ) -> bool:
-    """Fills `calls`; False if a worker could not unpickle `fn`."""
+  def run(self, fn_bytes: bytes, items, timeout_s: float, calls: Calls, *,
+          deadline: float | None = None) -> bool:
+    """Fills `calls`; False if a worker could not unpickle `fn`.
+
+    `deadline` (`time.monotonic()` seconds): when reached, busy workers are
+    killed and replaced and the call returns with their items unscored.
+    """
     self._ensure_workers()
     n = len(items)
     size = max(1, math.ceil(n / (4 * self.num_workers)))
@@ -164,6 +177,14 @@ class WorkerPool:
       self._replace(w)
 
     while queue or busy:
+      if deadline is not None and time.monotonic() >= deadline:
+        for w in busy:
+          w.proc.kill()
+          w.proc.wait()
+          w.chunk = None
+          calls.restarts += 1
+          self._replace(w)
+        return True
       for w in list(self._workers):
         if not queue:
           break
@@ -180,7 +201,10 @@ class WorkerPool:
           w.send(msg)
         w.chunk = (self._chunk_ids, idx)
         busy.append(w)
-      for w in multiprocessing.connection.wait(busy, timeout=poll_s):
+      wait_s = poll_s
+      if deadline is not None:
+        wait_s = max(0.0, min(poll_s, deadline - time.monotonic()))
+      for w in multiprocessing.connection.wait(busy, timeout=wait_s):
         try:
           msg = w.recv()
         except (EOFError, OSError):
