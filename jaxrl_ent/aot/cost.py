@@ -38,6 +38,23 @@ def _sub_jaxprs(params):
         yield v
 
 
+def _pallas_flops(eqn) -> int:
+  """A Pallas kernel: its body (one grid step's blocks) × the grid.
+
+  Splash attention's causal kernels (as `models.attention` builds them:
+  equal query and key blocks, so an n × n block grid whose last axis has
+  n steps in both the forward and the dkv kernel) skip the blocks above
+  the diagonal at run time: n(n + 1)/2 of the n² block pairs run.
+  """
+  grid = tuple(eqn.params["grid_mapping"].grid)
+  body = jaxpr_flops(eqn.params["jaxpr"])
+  steps = math.prod(grid)
+  if "splash" in str(eqn.params.get("name", "")) and grid:
+    n = grid[-1]
+    steps = steps * (n + 1) // (2 * n)
+  return steps * body
+
+
 def jaxpr_flops(jaxpr) -> int:
   """FLOPs of the matrix products in `jaxpr`, loop bodies × trip count.
 
@@ -62,6 +79,12 @@ def jaxpr_flops(jaxpr) -> int:
       total += eqn.params["length"] * jaxpr_flops(eqn.params["jaxpr"])
     elif name == "cond":
       total += max(jaxpr_flops(b) for b in eqn.params["branches"])
+    elif name == "pallas_call":
+      total += _pallas_flops(eqn)
+    elif name == "shard_map":
+      # The body sees one device's shard: every device runs it.
+      total += eqn.params["mesh"].size * sum(
+          jaxpr_flops(j) for j in _sub_jaxprs(eqn.params))
     elif name == "while":
       if jaxpr_flops(eqn.params["body_jaxpr"]):
         raise ValueError("jaxpr_flops: a while loop with matrix products has "

@@ -88,3 +88,21 @@ def full_size_gathers(hlo_text: str, shape: tuple[int, ...], dtype) -> int:
         "shape") and target in array_bytes(m.group("shape")):
       n += 1
   return n
+
+
+_CUSTOM_CALL = re.compile(r'custom_call_target="(?P<target>[^"]+)"')
+
+
+def count_custom_calls(hlo_text: str) -> dict[str, int]:
+  """custom-call target -> number of custom calls in `hlo_text`, plus
+  `splash`: the Mosaic (`tpu_custom_call`) ones that are splash attention
+  kernels (their kernel name, e.g. `splash_mha_fwd_segmented_residuals`,
+  is in the instruction's metadata or backend config)."""
+  counts = collections.Counter()
+  for line in hlo_text.splitlines():
+    m = _CUSTOM_CALL.search(line)
+    if m and "custom-call(" in line:
+      counts[m.group("target")] += 1
+      if m.group("target") == "tpu_custom_call" and "splash" in line:
+        counts["splash"] += 1
+  return dict(counts)

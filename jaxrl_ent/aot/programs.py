@@ -72,7 +72,8 @@ def model_config(config) -> config_lib.ModelConfig:
       qk_norm=m.get("qk_norm", m.model_type == "qwen3"),
       dtype=dtype, param_dtype=_DTYPES[m.get("param_dtype",
                                              m.get("dtype", "bfloat16"))],
-      remat=m.get("remat", False))
+      remat=m.get("remat", False), remat_policy=m.get("remat_policy", None),
+      attention_impl=m.get("attention_impl", "auto"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +288,8 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
                                 setup.controller, setup.loss_cfg)
       # Per micro-batch: forward, backward (2 reads: activations' and
       # weights' gradients share one), remat re-forward.
-      passes = cfg.loss.num_micro_batches * (2 + setup.model_cfg.remat)
+      recompute = setup.model_cfg.effective_remat_policy != "none"
+      passes = cfg.loss.num_micro_batches * (2 + recompute)
       out.append(Program("train", step.trace(
           setup.state, rl_batch(setup, s.minibatch_rows), key), s.updates,
           passes))
@@ -348,6 +350,9 @@ class Report:
   flops_global: float = 0.0
   roofline: cost.Roofline | None = None
   collectives: dict = dataclasses.field(default_factory=dict)
+  # custom-call target -> count in the compiled HLO, plus "splash": the
+  # Mosaic custom calls that are splash attention kernels.
+  custom_calls: dict = dataclasses.field(default_factory=dict)
   compile_s: float = 0.0
   error: str = ""
   hlo_text: str = dataclasses.field(default="", repr=False)
@@ -418,6 +423,7 @@ def compile_program(setup: Setup, program: Program, *,
       peak_flops=chip.peak_flops, hbm_bandwidth=chip.hbm_bandwidth)
   text = compiled.as_text()
   report.collectives = hlo.count_collectives(text)
+  report.custom_calls = hlo.count_custom_calls(text)
   if keep_hlo:
     report.hlo_text = text
     report.compiled = compiled

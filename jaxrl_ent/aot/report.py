@@ -19,7 +19,8 @@ def format_reports(setup: programs_lib.Setup, reports, estimate) -> str:
       f"{chip.device_kind})  mesh={dict(setup.mesh.shape)}",
       f"model {setup.model_cfg.model_type}: "
       f"{setup.model_cfg.num_params() / 1e9:.3f}B params, "
-      f"remat={setup.model_cfg.remat}; params {_gib(state['params'])} GiB + "
+      f"remat={setup.model_cfg.effective_remat_policy}, attention="
+      f"{setup.model_cfg.attention_impl}; params {_gib(state['params'])} GiB + "
       f"optimizer {_gib(state['opt_state'])} GiB (global)",
       f"batch: {s.prompts} prompts x {s.n_samples} = {s.rows} rows of "
       f"{s.prompt_len}+{s.new_tokens} tokens; train calls of "
@@ -52,6 +53,10 @@ def format_reports(setup: programs_lib.Setup, reports, estimate) -> str:
         f"{c['all-gather']}/{c['reduce-scatter']}/{c['all-reduce']}/"
         f"{c['all-to-all']}/{c['collective-permute']}")
   lines.append("")
+  for r in reports:
+    if r.custom_calls:
+      calls = ", ".join(f"{k} x{v}" for k, v in sorted(r.custom_calls.items()))
+      lines.append(f"custom calls in {r.name}: {calls}")
   lines.append("memory: per device, from compiled.memory_analysis(); total = "
                "args + out - alias (donated) + temp + code. TFLOP/dev: "
                "loop-exact matmul FLOPs / devices; xla*: cost_analysis() "
@@ -92,6 +97,7 @@ def to_dict(setup, reports, estimate) -> dict:
           "xla_flops": r.xla_flops, "xla_bytes": r.xla_bytes,
           "flops_per_device": (r.roofline.flops if r.roofline else None),
           "seconds": (r.roofline.seconds if r.roofline else None),
-          "collectives": r.collectives, "compile_s": r.compile_s,
+          "collectives": r.collectives, "custom_calls": r.custom_calls,
+          "compile_s": r.compile_s,
           "error": r.error} for r in reports},
   }

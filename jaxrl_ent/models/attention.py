@@ -346,7 +346,6 @@ def blockwise_attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, block_q,
 
 # ---------------------------------------------------------------- splash
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, t: int, block: int, interpret: bool):
   # pylint: disable=g-import-not-at-top
   from jax.experimental.pallas.ops.tpu import splash_attention as sa
@@ -355,11 +354,10 @@ def _splash_kernel(heads: int, t: int, block: int, interpret: bool):
       block_q=block, block_kv=block, block_kv_compute=block,
       block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
       use_fused_bwd_kernel=True)
-  # Concrete mask-info arrays even when first called under a trace (the
-  # kernel is cached across traces; a tracer in it would leak).
-  with jax.ensure_compile_time_eval():
-    return sa.make_splash_mha(mask, block_sizes=blocks, head_shards=1,
-                              q_seq_shards=1, interpret=interpret)
+  # Built per trace (its mask-info arrays become constants of the program;
+  # the numpy block analysis behind them is cached by the library).
+  return sa.make_splash_mha(mask, block_sizes=blocks, head_shards=1,
+                            q_seq_shards=1, interpret=interpret)
 
 
 def splash_block(t: int) -> int:
