@@ -45,7 +45,7 @@ def main():
   from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import factories  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.rl import state as state_lib  # pylint: disable=g-import-not-at-top
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
   from configs import grpo_tiny  # pylint: disable=g-import-not-at-top

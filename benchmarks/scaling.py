@@ -81,7 +81,7 @@ def main():
   import torch  # pylint: disable=g-import-not-at-top
   from jaxrl_ent import rollout  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.rl import state as state_lib  # pylint: disable=g-import-not-at-top
 
   known = {**ts_bench.SIZES, **ts_bench.SIZES_LARGE, **ts_bench.TINY}
   if args.tiny:

@@ -182,7 +182,7 @@ def bench_size(name, dims, args, rng):
   import optax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
-  from jaxrl_ent.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.rl import state as state_lib  # pylint: disable=g-import-not-at-top
 
   r, s, p = args.rows, args.seq_len, args.prompt_len
   c = s - p

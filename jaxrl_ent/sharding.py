@@ -189,6 +189,45 @@ def state_shardings(state, mesh: Mesh, rules: Sequence = DEFAULT_RULES):
   return jax.tree.map(one, state, is_leaf=_is_variable)
 
 
+def train_state_shardings(state, mesh: Mesh, rules: Sequence = DEFAULT_RULES,
+                          *, replicas: bool = False):
+  """Where every leaf of a (possibly abstract) `TrainState` lives.
+
+  The one helper behind the trainer's init and `update`, restore,
+  evaluate/export and the AOT check: parameters and the optimizer moments
+  that mirror them follow their logical axes (`state_shardings`), counters,
+  controller states and hyperparameters are replicated. With `replicas`,
+  `state` is ONE replica's state and the shardings returned are for a stack
+  of such states along a new leading axis, which stays whole on every
+  device (each device runs every replica on its shard of the rows).
+  """
+  shardings = state_shardings(state, mesh, rules)
+  if not replicas:
+    return shardings
+
+  def stacked(s):
+    inner = s.get_value() if _is_variable(s) else s
+    out = NamedSharding(mesh, PartitionSpec(None, *inner.spec))
+    return s.replace(out) if _is_variable(s) else out
+  return jax.tree.map(stacked, shardings, is_leaf=_is_variable)
+
+
+def batch_shardings(batch, mesh: Mesh, rules: Sequence = DEFAULT_RULES, *,
+                    replicas: bool = False):
+  """Rows of every leaf of a batch pytree over the `act_batch` axes (after a
+  whole leading replica axis with `replicas`)."""
+  def one(x):
+    shape = x.shape[1:] if replicas else x.shape
+    spec = batch_sharding(mesh, shape, rules).spec
+    return NamedSharding(mesh, PartitionSpec(None, *spec) if replicas
+                         else spec)
+  return jax.tree.map(one, batch)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
 def tree_specs(shardings) -> Any:
   """PartitionSpecs of a tree of NamedShardings (Variables unwrapped)."""
   return jax.tree.map(

@@ -45,7 +45,7 @@ from jaxrl_ent import sharding
 from jaxrl_ent.train import policy_setup
 from jaxrl_ent.train import run_policy
 from jaxrl_ent.train import sft as sft_lib
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -39,7 +39,7 @@ from jaxrl_ent.rl import train_step as ts
 from jaxrl_ent.rollout import sampler
 from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import factories
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MODEL_FIELDS = ("model_type", "vocab_size", "hidden_size",

@@ -28,7 +28,7 @@ from jaxrl_ent.entropy import types
 from jaxrl_ent.rl import aggregation
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 
 @struct.dataclass
@@ -122,9 +122,18 @@ def make_stats_fn(graphdef, rest, loss_cfg: LossConfig):
   return fn
 
 
-def _token_loss(loss_cfg: LossConfig, batch: RLBatch):
+def _token_loss(loss_cfg: LossConfig, batch: RLBatch, policy_kwargs=None,
+                kl_coef=None):
+  """`loss_fn(logp, entropy) -> (loss, metrics)` of the aggregated token loss.
+
+  `policy_kwargs` / `kl_coef` replace the static values of `loss_cfg` (the
+  hyperparameters-as-state path passes arrays); whether the KL term exists
+  at all stays static (`loss_cfg.kl_coef > 0`).
+  """
   policy_loss = registry.get_policy_loss(loss_cfg.policy_loss)
   kwargs = dict(loss_cfg.policy_loss_kwargs)
+  kwargs.update(policy_kwargs or {})
+  kl_coef = loss_cfg.kl_coef if kl_coef is None else kl_coef
   mask = batch.completion_mask
 
   def loss_fn(logp, entropy):
@@ -140,7 +149,7 @@ def _token_loss(loss_cfg: LossConfig, batch: RLBatch):
       kl_value = aggregation.agg_loss(
           kl_bt, mask, loss_cfg.agg_mode,
           loss_scale_factor=loss_cfg.loss_scale_factor)
-      total = total + loss_cfg.kl_coef * kl_value
+      total = total + kl_coef * kl_value
     return total, {"actor/pg_loss": pg, "actor/kl_loss": kl_value,
                    **{f"actor/{k}": v for k, v in metrics.items()}}
   return loss_fn
@@ -154,12 +163,94 @@ def _split_micro(batch: RLBatch, m: int) -> RLBatch:
                       batch)
 
 
+def micro_batch_grads(graphdef, rest, loss_cfg: LossConfig, controller,
+                      params, ctrl_state, micro: RLBatch, key, *,
+                      policy_kwargs=None, kl_coef=None, **extra_args):
+  """Steps 1–4 of DESIGN.md §1 on one micro-batch.
+
+  Returns:
+    (param grads, controller state after the chain, metrics). `controller`
+    must support extra args (`optax.with_extra_args_support`); `extra_args`
+    reach it (e.g. `measured_entropy`).
+  """
+  def stats_fn(p):
+    model = nnx.merge(graphdef, p, rest)
+    return completion_stats(model, micro, temperature=loss_cfg.temperature,
+                            token_chunk=loss_cfg.token_chunk,
+                            vocab_chunk=loss_cfg.vocab_chunk)
+
+  stats, pullback = jax.vjp(stats_fn, params)
+  loss_fn = _token_loss(loss_cfg, micro, policy_kwargs, kl_coef)
+  (loss, metrics), (g_logp, g_ent) = jax.value_and_grad(
+      loss_fn, argnums=(0, 1), has_aux=True)(stats.logp, stats.entropy)
+  mask = micro.completion_mask
+  weights = aggregation.aggregation_weights(
+      mask, loss_cfg.agg_mode, loss_scale_factor=loss_cfg.loss_scale_factor)
+  g, ctrl_state = controller.update(
+      types.TokenGrads(logp=g_logp, entropy=g_ent), ctrl_state, None,
+      logp=stats.logp, old_logp=micro.old_logp,
+      advantages=micro.advantages, mask=mask, entropy=stats.entropy,
+      m2=stats.m2, m3=stats.m3, weights=weights, key=key, **extra_args)
+  zeros = jnp.zeros_like(stats.logp)
+  (grads,) = pullback(types.TokenStats(logp=g.logp, entropy=g.entropy,
+                                       m2=zeros, m3=zeros))
+  # `actor/loss` is the policy loss (+ KL); the controllers' changes act on
+  # its cotangent and are reported under `entropy/*`.
+  metrics = dict(metrics)
+  metrics["actor/loss"] = loss
+  metrics["actor/entropy"] = aggregation.masked_mean(stats.entropy, mask)
+  metrics["actor/logp_mean"] = aggregation.masked_mean(stats.logp, mask)
+  return grads, ctrl_state, metrics
+
+
+def accumulate_micro_batches(grad_fn, params, ctrl_state, batch: RLBatch,
+                             m: int, key):
+  """Mean of `grad_fn` over `m` micro-batches (verl's mean of means).
+
+  `grad_fn(params, ctrl_state, micro, key) -> (grads, ctrl_state, metrics)`.
+  The controller state is threaded through the micro-batches.
+
+  Returns:
+    (mean grads, last controller state, per-micro metrics stacked [m]).
+  """
+  def body(carry, xs):
+    grads_acc, ctrl = carry
+    micro, i = xs
+    grads, ctrl, metrics = grad_fn(params, ctrl, micro,
+                                   jax.random.fold_in(key, i))
+    grads_acc = jax.tree.map(lambda a, g: a + g / m, grads_acc, grads)
+    return (grads_acc, ctrl), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grads, ctrl_state), metrics = jax.lax.scan(
+      body, (zeros, ctrl_state), (_split_micro(batch, m), jnp.arange(m)))
+  return grads, ctrl_state, metrics
+
+
+def guarded_apply(optimizer, grads, opt_state, params, loss):
+  """One optimizer update, skipped when the loss or gradient is non-finite.
+
+  Returns:
+    (params, opt_state, finite bool [], global gradient norm).
+  """
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  keep = lambda new, old: jax.tree.map(
+      lambda a, b: jnp.where(finite, a, b), new, old)
+  return (keep(new_params, params), keep(new_opt_state, opt_state), finite,
+          grad_norm)
+
+
 def make_train_step(graphdef, rest, optimizer, controller,
                     loss_cfg: LossConfig, *, donate: bool = True):
-  """Builds `step(state, batch, key) -> (state, metrics)`, jitted.
+  """Builds `step(state, batch, key) -> (state, metrics)`, jitted: ONE
+  mini-batch update with fixed transforms (the kernel; the trainer's whole
+  RL step is `rl.update.make_update`).
 
   Args:
-    graphdef, rest: from `train.state.split_model(model)`.
+    graphdef, rest: from `rl.state.split_model(model)`.
     optimizer: optax transform over the params.
     controller: token-space controller chain (e.g. from
       `entropy.controllers.attributed_chain`); `optax.identity()` for none.
@@ -170,64 +261,21 @@ def make_train_step(graphdef, rest, optimizer, controller,
   m = loss_cfg.num_micro_batches
   # Plain optax transforms (e.g. optax.identity()) ignore the extra args.
   controller = optax.with_extra_args_support(controller)
-
-  def micro_step(params, ctrl_state, micro: RLBatch, key):
-    def stats_fn(p):
-      model = nnx.merge(graphdef, p, rest)
-      return completion_stats(model, micro, temperature=loss_cfg.temperature,
-                              token_chunk=loss_cfg.token_chunk,
-                              vocab_chunk=loss_cfg.vocab_chunk)
-
-    stats, pullback = jax.vjp(stats_fn, params)
-    loss_fn = _token_loss(loss_cfg, micro)
-    (loss, metrics), (g_logp, g_ent) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(stats.logp, stats.entropy)
-    mask = micro.completion_mask
-    weights = aggregation.aggregation_weights(
-        mask, loss_cfg.agg_mode, loss_scale_factor=loss_cfg.loss_scale_factor)
-    g, ctrl_state = controller.update(
-        types.TokenGrads(logp=g_logp, entropy=g_ent), ctrl_state, None,
-        logp=stats.logp, old_logp=micro.old_logp,
-        advantages=micro.advantages, mask=mask, entropy=stats.entropy,
-        m2=stats.m2, m3=stats.m3, weights=weights, key=key)
-    zeros = jnp.zeros_like(stats.logp)
-    (grads,) = pullback(types.TokenStats(logp=g.logp, entropy=g.entropy,
-                                         m2=zeros, m3=zeros))
-    # Report the loss the controllers optimise too: L + Σ(g' − g)·stat is its
-    # first-order value; the policy part is `actor/pg_loss`.
-    metrics = dict(metrics)
-    metrics["actor/loss"] = loss
-    metrics["actor/entropy"] = aggregation.masked_mean(stats.entropy, mask)
-    metrics["actor/logp_mean"] = aggregation.masked_mean(stats.logp, mask)
-    return grads, ctrl_state, metrics
+  grad_fn = functools.partial(micro_batch_grads, graphdef, rest, loss_cfg,
+                              controller)
 
   def step(state: state_lib.TrainState, batch: RLBatch, key):
-    micro_batches = _split_micro(batch, m)
-
-    def body(carry, xs):
-      grads_acc, ctrl_state = carry
-      micro, i = xs
-      grads, ctrl_state, metrics = micro_step(
-          state.params, ctrl_state, micro, jax.random.fold_in(key, i))
-      grads_acc = jax.tree.map(lambda a, g: a + g / m, grads_acc, grads)
-      return (grads_acc, ctrl_state), metrics
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, ctrl_state), metrics = jax.lax.scan(
-        body, (zeros, state.ctrl_state), (micro_batches, jnp.arange(m)))
+    grads, ctrl_state, metrics = accumulate_micro_batches(
+        grad_fn, state.params, state.ctrl_state, batch, m, key)
     metrics = jax.tree.map(jnp.mean, metrics)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["actor/loss"])
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(finite, a, b), new, old)
+    params, opt_state, finite, grad_norm = guarded_apply(
+        optimizer, grads, state.opt_state, state.params,
+        metrics["actor/loss"])
+    ctrl_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b),
+                              ctrl_state, state.ctrl_state)
     new_state = state.replace(
-        step=state.step + finite.astype(jnp.int32),
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        ctrl_state=keep(ctrl_state, state.ctrl_state),
+        step=state.step + finite.astype(jnp.int32), params=params,
+        opt_state=opt_state, ctrl_state=ctrl_state,
         skipped=state.skipped + (~finite).astype(jnp.int32))
     metrics["actor/grad_norm"] = grad_norm
     metrics["train/update_finite"] = finite.astype(jnp.float32)

@@ -1,7 +1,10 @@
 """`make_*` factories: the only place (with launchers) that reads config.
 
-They turn config blocks into the objects the kernels take: the entropy
-controller chain, the parameter optimizer and the static loss settings.
+They turn config blocks into the objects the kernels take: the static
+structure of the RL update (`update_spec`) with its hyperparameters as
+arrays (`initial_hparams`), and, for the mini-batch kernel and tools that
+use fixed transforms, the entropy controller chain, the parameter optimizer
+and the static loss settings.
 """
 
 import optax
@@ -9,12 +12,13 @@ import optax
 from jaxrl_ent.entropy import controllers
 from jaxrl_ent.entropy import reweighting
 from jaxrl_ent.entropy import schedules
+from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import train_step
+from jaxrl_ent.rl import update as update_lib
 from jaxrl_ent.train import optim
 
-ENTROPY_METHODS = ("none", "entropy_bonus", "clip_cov", "kl_cov",
-                   "high_entropy_tokens", "adaptive_entropy", "steer", "aent")
-ANNEALS = ("constant", "linear", "cosine", "inverse_power")
+ENTROPY_METHODS = hparams_lib.ENTROPY_METHODS
+ANNEALS = hparams_lib.ANNEALS
 
 
 def anneal(value: float, cfg, updates_per_step: int):
@@ -133,3 +137,70 @@ def make_loss_config(cfg) -> train_step.LossConfig:
       temperature=cfg.temperature, token_chunk=cfg.token_chunk,
       vocab_chunk=cfg.get("vocab_chunk", None),
       num_micro_batches=cfg.num_micro_batches).validate()
+
+
+def _policy_hparams(cfg) -> dict[str, str]:
+  """Policy-loss kwarg → hparam key, for the configured loss."""
+  if cfg.policy_loss == "ppo_clip":
+    out = {"eps_low": "loss.clip_eps_low", "eps_high": "loss.clip_eps_high"}
+    if cfg.get("clip_ratio_c", None) is not None:
+      out["clip_ratio_c"] = "loss.clip_ratio_c"
+    return out
+  if cfg.policy_loss == "gspo":
+    return {"eps_low": "loss.gspo_eps_low", "eps_high": "loss.gspo_eps_high"}
+  return {}
+
+
+def update_spec(config) -> update_lib.UpdateSpec:
+  """The static structure of the run's RL update (`rl.update`)."""
+  t, o, e, lc = config.train, config.optim, config.entropy, config.loss
+  if e.method not in ENTROPY_METHODS:
+    raise ValueError(f"entropy.method={e.method!r}; allowed: "
+                     f"{ENTROPY_METHODS}.")
+  loss = make_loss_config(lc)
+  # The KL value comes from the hparams; LossConfig keeps only "is it on".
+  return update_lib.UpdateSpec(
+      loss=loss,
+      optimizer=hparams_lib.OptimizerSpec(
+          schedule=o.schedule, warmup_steps=int(o.warmup_steps),
+          total_steps=int(t.steps), end_fraction=float(o.get(
+              "end_fraction", 0.0)), clip=bool(o.grad_clip)),
+      controller=hparams_lib.ControllerSpec(
+          method=e.method, anneal=e.get("anneal", "constant"),
+          anneal_steps=int(e.get("anneal_steps", 100)),
+          rule=e.get("rule", "bang_bang"), measure=e.get("measure", "old_logp"),
+          steer_mode=e.get("steer_mode", "exponential"),
+          steer_score=e.get("steer_score", "reference")),
+      estimator=config.advantage.estimator,
+      group_size=int(config.rollout.n_samples),
+      ppo_epochs=int(t.ppo_epochs), num_mini_batches=int(t.num_mini_batches),
+      recompute_old_logp=bool(t.recompute_old_logp),
+      kl_in_reward_kind=(lc.kl_in_reward_kind
+                         if lc.get("kl_in_reward_coef", 0.0) > 0 else None),
+      policy_hparams=tuple(sorted(_policy_hparams(lc).items())))
+
+
+def initial_hparams(config) -> dict[str, float]:
+  """Every coefficient the run's update reads, by dotted config name.
+
+  These are the values a replica may override (`config.sweep`); anything
+  else in the config is structure or host-side.
+  """
+  spec = update_spec(config)
+  o, lc = config.optim, config.loss
+  out = {"optim.lr": o.lr, "optim.b1": o.b1, "optim.b2": o.b2,
+         "optim.eps": o.get("eps", 1e-8), "optim.weight_decay": o.weight_decay}
+  if spec.optimizer.clip:
+    out["optim.grad_clip"] = o.grad_clip
+  for key in dict(spec.policy_hparams).values():
+    out[key] = lc.get(key.split(".", 1)[1])
+  if spec.controller.method == "clip_cov":
+    out["loss.clip_eps_low"] = lc.clip_eps_low
+    out["loss.clip_eps_high"] = lc.clip_eps_high
+  if spec.loss.kl_coef > 0:
+    out["loss.kl_coef"] = lc.kl_coef
+  if spec.kl_in_reward_kind is not None:
+    out["loss.kl_in_reward_coef"] = lc.kl_in_reward_coef
+  for key in spec.controller.hparam_fields():
+    out[key] = config.entropy.get(key.split(".", 1)[1])
+  return {k: float(v) for k, v in out.items()}

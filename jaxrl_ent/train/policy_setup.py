@@ -25,7 +25,7 @@ from jaxrl_ent.rewards import tasks
 from jaxrl_ent.train import distributed
 from jaxrl_ent.train import optim
 from jaxrl_ent.train import sft as sft_lib
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 _LOG = logging.getLogger(__name__)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

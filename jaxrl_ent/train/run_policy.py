@@ -5,7 +5,7 @@ Used by the evaluate, export and sft launchers.
 `restore_policy(config, ckpt_dir, mesh, step=None)` rebuilds the run's
 `TrainState` *abstractly* (no weights are allocated: `nnx.eval_shape` for the
 model, `jax.eval_shape` for the optimizer and controller states, shardings
-from compiling the same init `rl_loop.train_and_evaluate` runs), restores a
+from `sharding.train_state_shardings`, as the trainer places them), restores a
 verified step into it with `checkpoint.Checkpointer` (checksums, fallback to
 the previous good step) and returns the policy with the restored parameters.
 
@@ -31,8 +31,9 @@ from jaxrl_ent.models import hf_io
 from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import factories
 from jaxrl_ent.train import policy_setup
-from jaxrl_ent.train import rl_loop
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.train import evaluation
+from jaxrl_ent.rl import state as state_lib
+from jaxrl_ent.rl import update as update_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -75,16 +76,16 @@ def abstract_train_state(config, model_cfg, mesh):
                               f"{list(nnx.to_flat_state(rest))}.")
   abs_params = checkpoint.abstract_like(
       abs_params, hf_io.target_shardings(abs_params, mesh, rules))
-  optimizer, controller = factories.make_train_transforms(config)
+  spec = factories.update_spec(config)
+  hparams = factories.initial_hparams(config)
 
   def create(params):
-    return state_lib.create(params, optimizer, controller)
+    return update_lib.init_state(spec, params, hparams)
 
-  with sharding.use_mesh(mesh):
-    # The same jitted init as the trainer's, compiled but never run: its
-    # output shardings are where the trainer keeps each leaf.
-    shardings = jax.jit(create).lower(abs_params).compile().output_shardings
-    shapes = jax.eval_shape(create, abs_params)
+  # Where the trainer keeps each leaf: the one helper its init and update
+  # use too.
+  shapes = jax.eval_shape(create, abs_params)
+  shardings = sharding.train_state_shardings(shapes, mesh, rules)
   return graphdef, rest, checkpoint.abstract_like(shapes, shardings)
 
 
@@ -183,15 +184,15 @@ def config_diff(saved: dict, given: dict, limit: int = 6) -> str:
 
 
 def evaluate_policy(config, policy, tokenizer, mesh) -> dict[str, float]:
-  """The trainer's held-out evaluation of `policy` (`rl_loop.Evaluator`).
+  """The trainer's held-out evaluation of `policy` (`evaluation.Evaluator`).
 
   Greedy accuracy and reward, and pass@`eval.pass_k` at the rollout
   temperature, on `eval.num_examples` held-out prompts, with the trainer's
   evaluation key.
   """
-  reward_fn = rl_loop.make_reward_fn(config)
+  reward_fn = evaluation.make_reward_fn(config)
   scorer = rewards_lib.RewardScorer(backend=config.reward.backend)
-  evaluator = rl_loop.Evaluator(config, tokenizer, reward_fn, scorer,
+  evaluator = evaluation.Evaluator(config, tokenizer, reward_fn, scorer,
                                mesh=mesh)
   if isinstance(getattr(evaluator, "batches", None), list):
     # A progress bar over the held-out batches (the Evaluator walks this
@@ -200,4 +201,4 @@ def evaluate_policy(config, policy, tokenizer, mesh) -> dict[str, float]:
         evaluator.batches, desc="evaluate", unit="batch", leave=False,
         disable=jax.process_index() != 0)
   with sharding.use_mesh(mesh):
-    return evaluator(policy, jax.random.key(rl_loop.EVAL_KEY_SEED), mesh)
+    return evaluator(policy, jax.random.key(evaluation.EVAL_KEY_SEED), mesh)

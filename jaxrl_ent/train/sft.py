@@ -13,7 +13,7 @@ from flax import nnx
 from flax import struct
 
 from jaxrl_ent.entropy import token_stats as token_stats_lib
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 
 @struct.dataclass

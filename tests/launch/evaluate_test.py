@@ -21,7 +21,7 @@ from jaxrl_ent import rewards
 from jaxrl_ent import sharding
 from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import policy_setup
-from jaxrl_ent.train import rl_loop
+from jaxrl_ent.train import evaluation
 
 import launcher_testlib
 
@@ -82,7 +82,7 @@ class EvaluateLaunchTest(absltest.TestCase):
     # The run's step-0 evaluation was of this policy.
     self._assert_metrics_equal(record["metrics"], self.logged[0])
     # And the trainer's Evaluator, called here by hand.
-    evaluator = rl_loop.Evaluator(
+    evaluator = evaluation.Evaluator(
         config, models.load_tokenizer(folder),
         rewards.get_reward_fn(launcher_testlib.LENGTH_REWARD),
         rewards.RewardScorer(backend="inline"))

@@ -21,7 +21,7 @@ from jaxrl_ent import rewards
 from jaxrl_ent import sharding
 from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import policy_setup
-from jaxrl_ent.train import rl_loop
+from jaxrl_ent.train import evaluation
 
 import launcher_testlib
 
@@ -82,7 +82,7 @@ class SftLaunchTest(absltest.TestCase):
     self.assertEqual(_params_fingerprint(policy),
                      _params_fingerprint(trainer_policy))
     # The evaluation it reports is the trainer's Evaluator on the folder.
-    evaluator = rl_loop.Evaluator(
+    evaluator = evaluation.Evaluator(
         config, tokenizer,
         rewards.get_reward_fn(launcher_testlib.LENGTH_REWARD),
         rewards.RewardScorer(backend="inline"))

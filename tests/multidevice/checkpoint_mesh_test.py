@@ -16,7 +16,7 @@ from jaxrl_ent import models
 from jaxrl_ent import sharding
 from jaxrl_ent.entropy import controllers
 from jaxrl_ent.train import checkpoint
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 jax.config.update("jax_disable_most_optimizations", True)
 

@@ -14,7 +14,7 @@ from jaxrl_ent.entropy import controllers
 from jaxrl_ent.rl import aggregation
 from jaxrl_ent.rl import policy_losses
 from jaxrl_ent.rl import train_step as ts
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 CFG = models.ModelConfig("qwen2", 61, 16, 32, 2, 4, 2, 4, qkv_bias=True,
                          max_position_embeddings=64)

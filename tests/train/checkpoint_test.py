@@ -21,7 +21,7 @@ from absl.testing import parameterized
 from jaxrl_ent import models
 from jaxrl_ent.entropy import controllers
 from jaxrl_ent.train import checkpoint
-from jaxrl_ent.train import state as state_lib
+from jaxrl_ent.rl import state as state_lib
 
 _LOGGER = "jaxrl_ent.train.checkpoint"
 

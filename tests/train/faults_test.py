@@ -53,25 +53,24 @@ class NonFiniteUpdateTest(absltest.TestCase):
     good_steps = 2
     mini = config.train.num_mini_batches
     calls = []
-    real_make = rl_loop.ts.make_train_step
+    real_jit = rl_loop.update_lib.jit_update
 
-    def make_poisoned_step(*args, **kwargs):
-      real_step = real_make(*args, **kwargs)
+    def jit_poisoned_update(*args, **kwargs):
+      real_update = real_jit(*args, **kwargs)
 
-      def step(state, batch, key):
-        # From step 3 on, one NaN advantage per mini-batch: the loss and the
-        # gradient become non-finite inside the jitted step.
+      def update(state, batch, key, ref):
+        # From step 3 on, NaN rewards: the advantages, the loss and the
+        # gradient of every mini-batch become non-finite inside the jit.
         calls.append(1)
-        if len(calls) > good_steps * mini:
-          batch = batch.replace(
-              advantages=batch.advantages.at[0, 0].set(jnp.nan))
-        return real_step(state, batch, key)
+        if len(calls) > good_steps:
+          batch = batch.replace(rewards=batch.rewards * jnp.nan)
+        return real_update(state, batch, key, ref)
 
-      return step
+      return update
 
     workdir = self.create_tempdir().full_path
-    with mock.patch.object(rl_loop.ts, "make_train_step",
-                                    make_poisoned_step):
+    with mock.patch.object(rl_loop.update_lib, "jit_update",
+                           jit_poisoned_update):
       with self.assertRaisesRegex(
           FloatingPointError,
           r"3 consecutive steps.*train\.max_consecutive_skips=3.*step 5"):
@@ -90,7 +89,8 @@ class NonFiniteUpdateTest(absltest.TestCase):
     self.assertFalse(math.isfinite(float(rows[3]["actor/loss"])))
 
     # Steps 3 and 4 saved the unchanged (finite) state of step 2; the abort
-    # at step 5 saved nothing. Only the skip counter differs.
+    # at step 5 saved nothing. Only the skip counter and the RL-step clock
+    # differ.
     ckpt = pathlib.Path(workdir) / "ckpt"
     self.assertEqual(sorted(int(p.name) for p in ckpt.iterdir()
                             if p.name.isdigit()), [1, 2, 3, 4])
@@ -101,7 +101,7 @@ class NonFiniteUpdateTest(absltest.TestCase):
       saved = _state_checksums(workdir, step)
       self.assertEqual(saved.keys(), good.keys())
       changed = sorted(k for k in good if saved[k] != good[k])
-      self.assertEqual(changed, [".skipped"], step)
+      self.assertEqual(changed, [".skipped", ".step"], step)
 
 
 class RewardFaultTest(absltest.TestCase):

@@ -1,6 +1,6 @@
 """The training state: a frozen pytree of arrays only (params, optimizer,
-entropy-controller state, step). The model graph and the optimizer are passed
-by closure, never stored in the state."""
+entropy-controller state, hyperparameters, step). The model graph and the
+transforms' structure are passed by closure, never stored in the state."""
 
 from typing import Any
 
@@ -13,25 +13,32 @@ from flax import struct
 @struct.dataclass
 class TrainState:
   """Attributes:
-    step: int32 [], optimizer steps taken.
+    step: int32 [], the one clock: RL steps taken by `rl.update` (one per
+      call, skipped or not); the mini-batch kernel
+      `train_step.make_train_step` counts its finite updates instead.
     params: nnx.State of the policy's `nnx.Param`s.
     opt_state: optax state of the parameter optimizer.
     ctrl_state: optax state of the token-space entropy-controller chain.
-    skipped: int32 [], updates skipped because of non-finite values.
+    skipped: int32 [], optimizer updates skipped because of non-finite
+      values.
+    hparams: dict of float32 [] coefficients keyed by dotted config name
+      (`rl.hparams`); empty for the fixed-transform kernel.
   """
   step: jax.Array
   params: Any
   opt_state: Any
   ctrl_state: Any
   skipped: jax.Array
+  hparams: Any = struct.field(default_factory=dict)
 
 
-def create(params, optimizer, controller) -> TrainState:
+def create(params, optimizer, controller, hparams=None) -> TrainState:
   """A fresh state. Call under the mesh so counters are replicated."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
                     ctrl_state=controller.init(None),
-                    skipped=jnp.zeros((), jnp.int32))
+                    skipped=jnp.zeros((), jnp.int32),
+                    hparams=dict(hparams or {}))
 
 
 def split_model(model):

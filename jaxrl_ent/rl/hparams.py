@@ -1,0 +1,207 @@
+"""Hyperparameters as state: what may be swept, and the transforms built from it.
+
+A run's coefficients (learning rate, clip ranges, KL and entropy
+coefficients, Clip-Cov/KL-Cov ratios and bands, adaptive targets, …) are
+float32 scalars in `TrainState.hparams`, keyed by their dotted config name
+(`"optim.lr"`, `"entropy.coef"`). Inside the jitted `update` the optimizer
+and the controller chain are built from those arrays (optax's
+`inject_hyperparams` idea, without storing them twice), so `jax.vmap(update)`
+over stacked states runs replicas with different coefficients in one
+compiled program. What stays static (a jit key) is structure: which method,
+which schedule kind, how many steps a schedule lasts, whether gradient
+clipping is on.
+
+One clock: every schedule here is evaluated at `TrainState.step`, which
+counts RL steps (one `update` call each). Anneal durations and warm-ups are
+therefore in RL steps. Within an RL step all epochs × mini-batches ×
+micro-batches use the same coefficients; Adam's own bias-correction count is
+the only other counter, because the AdamW formula needs it.
+"""
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrl_ent.entropy import controllers
+from jaxrl_ent.entropy import reweighting
+
+_F32 = jnp.float32
+
+ENTROPY_METHODS = ("none", "entropy_bonus", "clip_cov", "kl_cov",
+                   "high_entropy_tokens", "adaptive_entropy", "steer", "aent")
+ANNEALS = ("constant", "linear", "cosine", "inverse_power")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+# The `config.entropy` fields each method reads as (sweepable) coefficients.
+ENTROPY_HPARAMS = {
+    "none": (),
+    "entropy_bonus": ("coef",),
+    "clip_cov": ("ratio", "clip_cov_lb", "clip_cov_ub"),
+    "kl_cov": ("ratio", "coef"),
+    "high_entropy_tokens": ("quantile",),
+    "adaptive_entropy": ("target", "delta", "lr", "coef_min", "coef_max"),
+    "steer": ("w_min", "w_max"),
+    "aent": ("coef_init", "lr", "h_low", "h_high", "coef_min_aent",
+             "coef_max_aent"),
+}
+# The coefficient an anneal schedule multiplies, per method.
+ANNEALED = {"entropy_bonus": "coef", "clip_cov": "ratio", "kl_cov": "coef"}
+ANNEAL_HPARAMS = {"constant": (), "linear": ("anneal_end",),
+                  "cosine": ("anneal_end",),
+                  "inverse_power": ("anneal_tau", "anneal_power")}
+OPTIM_HPARAMS = ("lr", "b1", "b2", "eps", "weight_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """Static structure of clip → AdamW (values live in the hparams).
+
+  Attributes:
+    schedule: learning-rate schedule kind, one of `LR_SCHEDULES`.
+    warmup_steps: linear warm-up, in RL steps.
+    total_steps: RL steps of the run (the decay horizon).
+    end_fraction: final lr of a decaying schedule, as a fraction of peak.
+    clip: global-norm clipping on (`optim.grad_clip` in the hparams).
+  """
+  schedule: str = "constant"
+  warmup_steps: int = 0
+  total_steps: int = 1
+  end_fraction: float = 0.0
+  clip: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ControllerSpec:
+  """Static structure of the entropy-controller chain.
+
+  Attributes:
+    method: one of `ENTROPY_METHODS`.
+    anneal: one of `ANNEALS` (applies to `ANNEALED[method]`).
+    anneal_steps: duration of a linear/cosine anneal, in RL steps.
+    rule, measure: adaptive_entropy's rule and entropy measure.
+    steer_mode, steer_score: STEER's weighting.
+    track: wrap in `controllers.attributed_chain` (tabular ΔH by source).
+  """
+  method: str = "none"
+  anneal: str = "constant"
+  anneal_steps: int = 100
+  rule: str = "bang_bang"
+  measure: str = "old_logp"
+  steer_mode: str = "exponential"
+  steer_score: str = "reference"
+  track: bool = True
+
+  def hparam_fields(self) -> tuple[str, ...]:
+    """`entropy.*` fields of this chain that live in the hparams."""
+    fields = ENTROPY_HPARAMS[self.method]
+    if self.method in ANNEALED:
+      fields += ANNEAL_HPARAMS[self.anneal]
+    return tuple(f"entropy.{f}" for f in fields)
+
+
+def as_hparams(values: Mapping[str, float]) -> dict[str, jax.Array]:
+  """float32 scalars, in sorted key order (one pytree structure per set)."""
+  return {k: jnp.asarray(values[k], _F32) for k in sorted(values)}
+
+
+def lr_at(spec: OptimizerSpec, peak, step):
+  """The learning rate at RL step `step` (all traceable)."""
+  t = jnp.asarray(step, _F32)
+  peak = jnp.asarray(peak, _F32)
+  w = spec.warmup_steps
+  frac = jnp.clip((t - w) / max(spec.total_steps - w, 1), 0.0, 1.0)
+  end = spec.end_fraction
+  if spec.schedule == "constant":
+    decay = 1.0
+  elif spec.schedule == "linear":
+    decay = 1.0 - (1.0 - end) * frac
+  elif spec.schedule == "cosine":
+    decay = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(math.pi * frac))
+  else:
+    raise ValueError(f"optim.schedule={spec.schedule!r}; allowed: "
+                     f"{LR_SCHEDULES}.")
+  if w > 0:
+    # Linear warm-up 0 → peak over the first `w` RL steps.
+    return jnp.where(t < w, peak * t / w, peak * decay)
+  return peak * decay
+
+
+def optimizer(spec: OptimizerSpec, hp: Mapping[str, jax.Array], step):
+  """clip_by_global_norm → AdamW at RL step `step`, from (traced) hparams.
+
+  The state structure does not depend on the values, so a state made by
+  one replica's optimizer is valid for any other's.
+  """
+  parts = ([optax.clip_by_global_norm(hp["optim.grad_clip"])]
+           if spec.clip else [])
+  parts.append(optax.adamw(
+      learning_rate=lr_at(spec, hp["optim.lr"], step), b1=hp["optim.b1"],
+      b2=hp["optim.b2"], eps=hp["optim.eps"],
+      weight_decay=hp["optim.weight_decay"]))
+  return optax.chain(*parts)
+
+
+def annealed(spec: ControllerSpec, value, hp: Mapping[str, jax.Array], step):
+  """`value` annealed per `spec.anneal`, evaluated at RL step `step`."""
+  t = jnp.asarray(step, _F32)
+  if spec.anneal == "constant":
+    return value
+  if spec.anneal == "inverse_power":
+    return value * (1.0 + t / hp["entropy.anneal_tau"]) ** (
+        -hp["entropy.anneal_power"])
+  frac = jnp.clip(t / max(spec.anneal_steps, 1), 0.0, 1.0)
+  end = hp["entropy.anneal_end"]
+  if spec.anneal == "linear":
+    return value * (1.0 - (1.0 - end) * frac)
+  if spec.anneal == "cosine":
+    return value * (end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(math.pi * frac)))
+  raise ValueError(f"entropy.anneal={spec.anneal!r}; allowed: {ANNEALS}.")
+
+
+def controller(spec: ControllerSpec, hp: Mapping[str, jax.Array], step):
+  """The token-space controller chain at RL step `step`, from hparams.
+
+  Coefficients are evaluated here (one clock) and handed to the controllers
+  as constants, so each controller's own `count` does not schedule anything.
+  """
+  m = spec.method
+  e = lambda name: hp[f"entropy.{name}"]
+  coef = lambda name: annealed(spec, e(name), hp, step)
+  if m == "none":
+    stages = []
+  elif m == "entropy_bonus":
+    stages = [("entropy_bonus", controllers.entropy_bonus(coef("coef")))]
+  elif m == "clip_cov":
+    stages = [("clip_cov", controllers.clip_cov(
+        ratio=coef("ratio"), lb=e("clip_cov_lb"), ub=e("clip_cov_ub"),
+        clip_eps_low=hp["loss.clip_eps_low"],
+        clip_eps_high=hp["loss.clip_eps_high"]))]
+  elif m == "kl_cov":
+    stages = [("kl_cov", controllers.kl_cov(ratio=e("ratio"),
+                                            coef=coef("coef")))]
+  elif m == "high_entropy_tokens":
+    stages = [("high_entropy_tokens",
+               controllers.high_entropy_tokens(quantile=e("quantile")))]
+  elif m == "adaptive_entropy":
+    stages = [("adaptive_entropy", controllers.adaptive_entropy(
+        target=e("target"), rule=spec.rule, delta=e("delta"), lr=e("lr"),
+        coef_min=e("coef_min"), coef_max=e("coef_max"),
+        measure=spec.measure))]
+  elif m == "steer":
+    stages = [("steer", reweighting.steer(
+        w_min=e("w_min"), w_max=e("w_max"), mode=spec.steer_mode,
+        score=spec.steer_score))]
+  elif m == "aent":
+    stages = [("aent", reweighting.aent(
+        coef_init=e("coef_init"), lr=e("lr"), h_low=e("h_low"),
+        h_high=e("h_high"), coef_min=e("coef_min_aent"),
+        coef_max=e("coef_max_aent")))]
+  else:
+    raise ValueError(f"entropy.method={m!r}; allowed: {ENTROPY_METHODS}.")
+  if spec.track:
+    return controllers.attributed_chain(*stages)
+  return optax.chain(*[t for _, t in stages]) if stages else optax.identity()

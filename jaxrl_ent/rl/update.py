@@ -1,0 +1,260 @@
+"""The RL update: one pure function from a scored rollout to the next state.
+
+`update(state, batch, key, ref_params) -> (state, metrics)` (DESIGN.md §1)
+does everything after scoring inside one jit:
+
+  1. old and reference log-probs (one forward each, no gradient), the
+     in-reward KL, the advantages (`rl.registry` estimator);
+  2. a `lax.scan` over epochs × mini-batches (each epoch's permutation from
+     the key), each a `lax.scan` over micro-batches of the token-space step
+     (`train_step.micro_batch_grads`: vjp → loss cotangent → controller chain
+     → one backward), then the optimizer with the finiteness guard;
+  3. optionally (static `measure`) the same batch re-scored after the update,
+     for the measured entropy change;
+  4. the metrics (verl names).
+
+Every sweepable coefficient is read from `state.hparams` (`rl.hparams`), so
+`jax.vmap(update)` over stacked states sweeps seeds and coefficients in one
+program. `state.step` counts RL steps and is the schedules' one clock.
+
+The controller chain sees, at every micro-batch of an RL step, the chain
+state from the start of that step and the full batch's entropy as
+`measured_entropy`: adaptive controllers (Skywork-OR1 bang-bang, Lagrangian,
+AEnt) then move their coefficient once per RL step, on the whole batch, as
+the references do; the state carried to the next step is the last call's.
+
+Axis legend: R rows, S = P + C sequence, C completion length, E epochs,
+N mini-batches per epoch.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from flax import struct
+
+from jaxrl_ent.entropy import covariance
+from jaxrl_ent.rl import advantages as advantages_lib
+from jaxrl_ent.rl import hparams as hparams_lib
+from jaxrl_ent.rl import kl
+from jaxrl_ent.rl import registry
+from jaxrl_ent.rl import state as state_lib
+from jaxrl_ent.rl import train_step as ts
+
+
+@struct.dataclass
+class RolloutBatch:
+  """A scored rollout, as the host loop hands it to `update`.
+
+  Attributes:
+    tokens, positions, attention_mask: int32 [R, S] (see `rollout.Rollout`).
+    completion_mask: int32 [R, C].
+    behaviour_logp: float32 [R, C] log-probs the sampler drew with.
+    rewards: float32 [R] sequence scores (groups of `group_size` rows).
+  """
+  tokens: jax.Array
+  positions: jax.Array
+  attention_mask: jax.Array
+  completion_mask: jax.Array
+  behaviour_logp: jax.Array
+  rewards: jax.Array
+
+  @classmethod
+  def from_rollout(cls, out, rewards) -> "RolloutBatch":
+    return cls(tokens=out.tokens, positions=out.positions,
+               attention_mask=out.attention_mask,
+               completion_mask=out.completion_mask, behaviour_logp=out.logp,
+               rewards=jnp.asarray(rewards, jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSpec:
+  """The static structure of an RL update (a jit key; values are hparams).
+
+  Attributes:
+    loss: static loss settings; `loss.kl_coef > 0` switches the KL term on
+      (its value is `hparams["loss.kl_coef"]`).
+    optimizer, controller: `rl.hparams` specs.
+    estimator: advantage estimator name (`rl.registry`).
+    group_size: rows per prompt.
+    ppo_epochs, num_mini_batches: E and N.
+    recompute_old_logp: PPO ratio denominator from the current policy's
+      forward (True) or the sampler's log-probs.
+    kl_in_reward_kind: in-reward KL estimator, None when off.
+    policy_hparams: (loss kwarg, hparam key) pairs fed to the policy loss.
+  """
+  loss: ts.LossConfig
+  optimizer: hparams_lib.OptimizerSpec
+  controller: hparams_lib.ControllerSpec
+  estimator: str = "grpo"
+  group_size: int = 1
+  ppo_epochs: int = 1
+  num_mini_batches: int = 1
+  recompute_old_logp: bool = True
+  kl_in_reward_kind: str | None = None
+  policy_hparams: tuple[tuple[str, str], ...] = ()
+
+  @property
+  def uses_reference(self) -> bool:
+    return self.loss.kl_coef > 0 or self.kl_in_reward_kind is not None
+
+
+def init_state(spec: UpdateSpec, params, hparams) -> state_lib.TrainState:
+  """A fresh `TrainState` for `update` (call under the mesh, or jit it)."""
+  hp = hparams_lib.as_hparams(hparams)
+  opt = hparams_lib.optimizer(spec.optimizer, hp, 0)
+  ctrl = hparams_lib.controller(spec.controller, hp, 0)
+  return state_lib.create(params, opt, ctrl, hp)
+
+
+def _stats(graphdef, rest, loss_cfg, params, batch: ts.RLBatch):
+  model = nnx.merge(graphdef, params, rest)
+  return jax.lax.stop_gradient(ts.completion_stats(
+      model, batch, temperature=loss_cfg.temperature,
+      token_chunk=loss_cfg.token_chunk, vocab_chunk=loss_cfg.vocab_chunk))
+
+
+def _masked_mean(x, mask):
+  return covariance.masked_mean(x, mask)
+
+
+def make_update(graphdef, rest, spec: UpdateSpec):
+  """`update(state, batch, key, ref_params=None, *, measure=False)`.
+
+  Pure and not jitted: jit it with `jit_update` (shardings, donation) or
+  `jax.vmap` it first for replicas. `key` is the RL step's key
+  (`fold_in(seed_key, step)`); its first third is the rollout's, so the
+  update uses the other two (train, shuffle).
+  """
+  spec.loss.validate()
+  e, n, m = spec.ppo_epochs, spec.num_mini_batches, spec.loss.num_micro_batches
+  estimator = registry.get_advantage_estimator(spec.estimator)
+  stats = functools.partial(_stats, graphdef, rest, spec.loss)
+
+  def update(state: state_lib.TrainState, batch: RolloutBatch, key,
+             ref_params=None, *, measure: bool = False):
+    hp, step = state.hparams, state.step
+    optimizer = hparams_lib.optimizer(spec.optimizer, hp, step)
+    controller = optax.with_extra_args_support(
+        hparams_lib.controller(spec.controller, hp, step))
+    _, key_train, key_shuffle = jax.random.split(key, 3)
+    mask = batch.completion_mask
+    rows = mask.shape[0]
+    if rows % n:
+      raise ValueError(f"{rows} rows do not split into num_mini_batches={n}.")
+    zeros = jnp.zeros_like(batch.behaviour_logp)
+
+    # 1. Statistics of the rollout under the current and reference policies.
+    probe = ts.RLBatch(tokens=batch.tokens, positions=batch.positions,
+                       attention_mask=batch.attention_mask,
+                       completion_mask=mask, old_logp=batch.behaviour_logp,
+                       advantages=zeros, ref_logp=batch.behaviour_logp)
+    before = stats(state.params, probe)
+    old_logp = (before.logp * mask if spec.recompute_old_logp
+                else batch.behaviour_logp)
+    if spec.uses_reference:
+      if ref_params is None:
+        raise ValueError("this update has a KL term: pass ref_params.")
+      ref_logp = stats(ref_params, probe).logp * mask
+    else:
+      ref_logp = zeros
+    metrics = {}
+    rewards = batch.rewards
+    if spec.kl_in_reward_kind is not None:
+      # verl `use_kl_in_reward`: r_t ← r_t − β·k(old, ref) per token; the
+      # outcome estimators then see the sequence sum.
+      token_rewards, reward_kl = kl.kl_in_reward(
+          advantages_lib.last_token_rewards(rewards, mask), old_logp,
+          ref_logp, mask, hp["loss.kl_in_reward_coef"],
+          kind=spec.kl_in_reward_kind)
+      rewards = jnp.sum(token_rewards, axis=1)
+      metrics["critic/kl_in_reward"] = reward_kl
+      metrics["critic/rewards/mean"] = jnp.mean(rewards)
+    adv = estimator(rewards, mask, group_size=spec.group_size)
+    full = ts.RLBatch(tokens=batch.tokens, positions=batch.positions,
+                      attention_mask=batch.attention_mask,
+                      completion_mask=mask, old_logp=old_logp,
+                      advantages=adv, ref_logp=ref_logp)
+    measured = (-_masked_mean(old_logp, mask)
+                if spec.controller.measure == "old_logp"
+                and spec.controller.method == "adaptive_entropy"
+                else _masked_mean(before.entropy, mask))
+    policy_kwargs = {k: hp[h] for k, h in spec.policy_hparams}
+    kl_coef = hp.get("loss.kl_coef") if spec.loss.kl_coef > 0 else None
+    grad_fn = functools.partial(
+        ts.micro_batch_grads, graphdef, rest, spec.loss, controller,
+        policy_kwargs=policy_kwargs, kl_coef=kl_coef,
+        measured_entropy=measured)
+
+    # 2. Epochs × mini-batches, each epoch a fresh permutation of the rows.
+    perms = jax.vmap(lambda i: jax.random.permutation(
+        jax.random.fold_in(key_shuffle, i), rows))(jnp.arange(e))
+    mb_rows = rows // n
+    ctrl0 = state.ctrl_state
+
+    def mini_batch(carry, j):
+      params, opt_state, ctrl, skipped = carry
+      idx = jax.lax.dynamic_slice_in_dim(perms[j // n], (j % n) * mb_rows,
+                                         mb_rows)
+      mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), full)
+      grads, ctrl_out, mb_metrics = ts.accumulate_micro_batches(
+          lambda p, _, micro, k: grad_fn(p, ctrl0, micro, k), params, ctrl0,
+          mb, m, jax.random.fold_in(key_train, j))
+      mb_metrics = jax.tree.map(jnp.mean, mb_metrics)
+      params, opt_state, finite, grad_norm = ts.guarded_apply(
+          optimizer, grads, opt_state, params, mb_metrics["actor/loss"])
+      mb_metrics["actor/grad_norm"] = grad_norm
+      mb_metrics["train/update_finite"] = finite.astype(jnp.float32)
+      mb_metrics.update(ts.controller_metrics(ctrl_out))
+      ctrl = jax.tree.map(lambda a, b: jnp.where(finite, a, b), ctrl_out,
+                          ctrl)
+      return (params, opt_state, ctrl,
+              skipped + (~finite).astype(jnp.int32)), mb_metrics
+
+    (params, opt_state, ctrl_state, skipped), mb_metrics = jax.lax.scan(
+        mini_batch, (state.params, state.opt_state, ctrl0, state.skipped),
+        jnp.arange(e * n))
+    new_state = state.replace(step=step + 1, params=params,
+                              opt_state=opt_state, ctrl_state=ctrl_state,
+                              skipped=skipped)
+
+    # 4. Metrics: the mean over mini-batch updates, then whole-batch values.
+    metrics.update(jax.tree.map(jnp.mean, mb_metrics))
+    valid = mask > 0
+    h_before = _masked_mean(before.entropy, mask)
+    metrics.update({
+        "critic/advantages/mean": _masked_mean(adv, mask),
+        "critic/advantages/max": jnp.max(jnp.where(valid, adv, -jnp.inf)),
+        "actor/entropy_before_update": h_before,
+        "actor/lr": jnp.asarray(hparams_lib.lr_at(
+            spec.optimizer, hp["optim.lr"], step), jnp.float32),
+        "train/skipped_steps": skipped.astype(jnp.float32),
+    })
+    if measure:
+      # 3. The same batch under the updated policy.
+      after = stats(params, full)
+      metrics["entropy/measured_dH"] = (
+          _masked_mean(after.entropy, mask) - h_before)
+    return new_state, metrics
+
+  return update
+
+
+def jit_update(update, state_shardings, batch_shardings, replicated, *,
+               measure: bool, ref_shardings=None, donate: bool = True):
+  """`update` jitted with explicit shardings and a donated state.
+
+  The shardings come from `sharding.train_state_shardings` (the same helper
+  init, restore and the AOT check use), so a step never moves the state;
+  the key and the metrics are `replicated`. Pass `ref_shardings=None` when
+  there is no reference policy.
+  """
+  return jax.jit(
+      functools.partial(update, measure=measure),
+      in_shardings=(state_shardings, batch_shardings, replicated,
+                    ref_shardings),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,) if donate else ())

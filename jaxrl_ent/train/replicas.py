@@ -1,0 +1,136 @@
+"""Replicas: S independent runs carried by one program (`config.sweep`).
+
+`sweep.seeds` (e.g. "0:16" or "0,3,7") and `sweep.grid` (e.g.
+"entropy.coef=0,1e-3,1e-2; optim.lr=1e-4,5e-4") expand to the product of
+seeds × grid points. Each replica is a run of its own: its own seed (initial
+weights and warm start, data order, rollout and update keys), its own
+hyperparameters, and its own directory `<workdir>/replicas/<name>/` with
+`metrics.jsonl`, TensorBoard events, checkpoints and `summary.json`, laid out
+exactly as a single run's workdir (so `launch/analyze.py` and the study read
+them as runs). The trainer stacks their states along a leading axis and runs
+`jax.vmap(update)` and a vmapped rollout: one compiled program per step for
+all of them.
+
+Replicas may differ only in what `rl.hparams` keeps as arrays
+(`factories.initial_hparams`); structure (method, shapes, schedule kinds)
+is shared, which is what lets them share a program.
+"""
+
+import dataclasses
+import itertools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl_ent.train import factories
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+  """One run of a sweep: `name` (its directory), `seed`, hparam overrides."""
+  name: str
+  seed: int
+  overrides: tuple[tuple[str, float], ...] = ()
+
+  def config(self, config):
+    """The run's config as a single run would have it."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.seed = self.seed
+      if "sweep" in c:
+        c.sweep.seeds = ""
+        c.sweep.grid = ""
+      for key, value in self.overrides:
+        block, field = key.split(".", 1)
+        c[block][field] = value
+    return c
+
+
+def _parse_seeds(text: str) -> list[int]:
+  text = text.strip()
+  if not text:
+    return []
+  try:
+    if ":" in text:
+      lo, hi = (int(x) for x in text.split(":"))
+      seeds = list(range(lo, hi))
+    else:
+      seeds = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"sweep.seeds={text!r}: expected 'a:b' or a comma-"
+                     "separated list of ints.") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"sweep.seeds={text!r}: needs distinct seeds.")
+  return seeds
+
+
+def _parse_grid(text: str, allowed) -> list[tuple[str, list[float]]]:
+  grid = []
+  for part in (p.strip() for p in text.split(";")):
+    if not part:
+      continue
+    key, sep, values = part.partition("=")
+    key = key.strip()
+    if not sep or key not in allowed:
+      raise ValueError(
+          f"sweep.grid: {part!r}; each entry is '<field>=v1,v2,…' with a "
+          f"field this run keeps as a hyperparameter: {sorted(allowed)}.")
+    try:
+      vals = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+      raise ValueError(f"sweep.grid: values of {key} must be numbers, got "
+                       f"{values!r}.") from None
+    if not vals:
+      raise ValueError(f"sweep.grid: {key} has no values.")
+    grid.append((key, vals))
+  if len({k for k, _ in grid}) != len(grid):
+    raise ValueError("sweep.grid names a field twice.")
+  return grid
+
+
+def plan(config) -> list[Replica] | None:
+  """The replicas of `config.sweep`, or None for a plain single run.
+
+  Raises:
+    ValueError: naming `sweep.seeds` / `sweep.grid` (bad syntax, a field
+      that is not a hyperparameter of this run, a multi-process run).
+  """
+  sweep = config.get("sweep", None)
+  if sweep is None or not (sweep.get("seeds", "") or sweep.get("grid", "")):
+    return None
+  if jax.process_count() > 1:
+    raise ValueError("sweep: replicas run in one process; a multi-process "
+                     "run takes one replica (clear sweep.seeds/sweep.grid).")
+  seeds = _parse_seeds(sweep.get("seeds", "")) or [int(config.seed)]
+  grid = _parse_grid(sweep.get("grid", ""), factories.initial_hparams(config))
+  points = list(itertools.product(*[v for _, v in grid])) or [()]
+  out = []
+  for seed in seeds:
+    for point in points:
+      overrides = tuple(zip([k for k, _ in grid], point))
+      name = "-".join([f"seed{seed}"] + [f"{k}={v:g}" for k, v in overrides])
+      out.append(Replica(name=name, seed=seed, overrides=overrides))
+  return out
+
+
+def run_dir(workdir, replica: Replica | None) -> pathlib.Path:
+  workdir = pathlib.Path(workdir)
+  return workdir if replica is None else workdir / "replicas" / replica.name
+
+
+def warm_start_dir(workdir, replica: Replica | None) -> pathlib.Path:
+  """Where a replica's warm start is cached: shared by replicas of a seed."""
+  workdir = pathlib.Path(workdir)
+  return (workdir if replica is None
+          else workdir / "warm_start" / f"seed{replica.seed}")
+
+
+def stack(trees):
+  """One pytree with a leading replica axis from a list of equal pytrees."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i: int):
+  """Replica `i` of a stacked pytree."""
+  return jax.tree.map(lambda x: x[i], tree)
