@@ -18,7 +18,9 @@ class ConfigError(ValueError):
   """An invalid config; `problems` is the list of `(field, message)` pairs."""
 
   def __init__(self, problems):
-    self.problems = list(problems)
+    # One line per problem, whatever a value's repr looks like.
+    self.problems = [(field, " ".join(str(msg).split()))
+                     for field, msg in problems]
     lines = "\n".join(f"  - {field}: {msg}" for field, msg in self.problems)
     n = len(self.problems)
     super().__init__(f"invalid config, {n} problem{'s' if n > 1 else ''}:\n"
@@ -54,7 +56,7 @@ def interval(low, high, low_open, high_open) -> str:
 
 
 def _short(v) -> str:
-  text = repr(v)
+  text = " ".join(repr(v).split())
   return text if len(text) <= 80 else text[:77] + "..."
 
 

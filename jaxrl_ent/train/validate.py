@@ -31,6 +31,7 @@ import inspect
 import json
 import math
 import os
+import re
 import string
 
 import jax
@@ -240,6 +241,27 @@ def _check_paths(c: _Checker, field: str, task):
             "that match some")
 
 
+def _check_knob_types(c: _Checker, task: str, kwargs: dict):
+  """Each difficulty knob has the type of the task's default for it."""
+  params = inspect.signature(tasks.TASKS[task].make).parameters
+  for name, value in kwargs.items():
+    if name not in params or params[name].default is inspect.Parameter.empty:
+      continue  # Unknown knobs: tasks.generate names them below.
+    default = params[name].default
+    field = f"data.task_kwargs.{name}"
+    if isinstance(default, bool) or isinstance(value, bool):
+      ok = isinstance(value, bool) == isinstance(default, bool)
+    elif isinstance(default, float):
+      ok = checker.is_num(value) and math.isfinite(value)
+    elif isinstance(default, (tuple, list)):
+      ok = isinstance(value, (tuple, list, str))
+    else:
+      ok = isinstance(value, type(default))
+    if not ok:
+      c.add(field, f"got {value!r} ({type(value).__name__}); allowed: a "
+            f"{type(default).__name__} like the task's default {default!r}")
+
+
 def _check_data(c: _Checker):
   task = c.str_("data.task", choices=("",) + tuple(sorted(tasks.TASKS)))
   for field in ("data.train_paths", "data.eval_paths"):
@@ -252,6 +274,7 @@ def _check_data(c: _Checker):
           "task's difficulty knobs")
   elif task not in (_MISSING, "") and kwargs is not _MISSING and (
       seed is not _MISSING):
+    _check_knob_types(c, task, dict(kwargs or {}))
     try:  # One example: catches unknown difficulty knobs in milliseconds.
       tasks.generate(task, 1, seed=seed, **dict(kwargs or {}))
     except Exception as e:  # pylint: disable=broad-except
@@ -282,6 +305,10 @@ def _check_data(c: _Checker):
         c.add("data.template", f"{template!r} has a positional or "
               "non-identifier placeholder; allowed: named fields such as "
               "{prompt}")
+      elif not names:
+        c.add("data.template", f"{template!r} has no placeholder, so every "
+              "prompt would be this same text; allowed: a template with "
+              "{prompt} (or another record field)")
   chat = c.bool_("data.chat_template")
   system = _get(c.config, "data.system_prompt")
   if chat is False and isinstance(system, str) and system:
@@ -443,7 +470,11 @@ def _check_distributed(c: _Checker):
   # what every check needs.
   from jaxrl_ent.train import distributed  # pylint: disable=g-import-not-at-top
   c.str_("distributed.initialize", choices=distributed.MODES, required=False)
-  c.str_("distributed.coordinator_address", required=False)
+  address = c.str_("distributed.coordinator_address", required=False)
+  if isinstance(address, str) and address and not re.fullmatch(
+      r"(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):\d{1,5}", address):
+    c.add("distributed.coordinator_address", f"got {address!r}; allowed: '' "
+          "(unset) or host:port, e.g. 10.0.0.2:1234")
   num = c.int_("distributed.num_processes", low=0, required=False)
   pid = c.int_("distributed.process_id", low=-1, required=False)
   if _is_int(num) and _is_int(pid) and num > 0 and pid >= num:
