@@ -99,8 +99,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # leave the RL phase room to show its gain.
       steps=60, lr=3e-3, batch_size=64, seq_len=32, num_examples=5000))
 
+  # continuous: continuous batching over `num_slots` decode slots (0 = a
+  # quarter of the rows), refilled as rows stop; off here, where the
+  # completions are 12 tokens and rows end together (see README, rollout).
   c.rollout = ml_collections.ConfigDict(dict(
-      max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, n_samples=8))
+      max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, n_samples=8,
+      continuous=False, num_slots=0))
   # timeout_s bounds one reward call; batch_timeout_s the wall time of
   # scoring one batch (items still unscored then count as timeouts).
   c.reward = ml_collections.ConfigDict(dict(

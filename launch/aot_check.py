@@ -10,6 +10,7 @@ memory against the chip's HBM, FLOPs, bytes, a roofline step time and the
 collectives of each program; exits 1 when any program does not fit.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -31,6 +32,10 @@ config_flags.DEFINE_config_file("config", None, "A TPU config file.",
 flags.DEFINE_list("programs", ["prefill", "decode", "logp", "train"],
                   "Programs to compile.")
 flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+flags.DEFINE_bool("rollout_estimate", False,
+                  "Also compile the decode step at 10/50/100 % cache fill "
+                  "and estimate the rollout's decode time under long-tail "
+                  "lengths (jaxrl_ent/aot/decode_estimate.py).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -42,9 +47,18 @@ def main(argv):
   setup, reports, estimate = programs.check(FLAGS.config,
                                             which=tuple(FLAGS.programs))
   print(report.format_reports(setup, reports, estimate))
+  rollout = None
+  if FLAGS.rollout_estimate:
+    from jaxrl_ent.aot import decode_estimate  # pylint: disable=g-import-not-at-top
+    rollout = decode_estimate.estimate(FLAGS.config, setup)
+    print(rollout.format())
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w") as f:
-      json.dump(report.to_dict(setup, reports, estimate), f, indent=2)
+      out = report.to_dict(setup, reports, estimate)
+      if rollout is not None:
+        out["rollout_estimate"] = json.loads(json.dumps(
+            dataclasses.asdict(rollout), default=str))
+      json.dump(out, f, indent=2)
   if not all(r.fits for r in reports):
     sys.exit(1)
 

@@ -5,9 +5,12 @@ whose first `lengths[b]` columns are filled (prompt then completion, packed
 from column 0: column = RoPE position). The kernels here read only the
 filled part, so a step costs O(filled) instead of O(cache width):
 
-  `blockwise`  XLA, any backend: a `fori_loop` over cache blocks up to the
-               longest filled slot, with an online (flash) softmax. Blocks
-               past a slot's length are masked; past every slot's, unread.
+  `blockwise`  XLA, any backend: a `scan` over cache blocks with an online
+               (flash) softmax, whose body is a `cond` that skips blocks
+               past the longest filled slot (unread); within the filled
+               blocks, columns past a slot's length are masked. The scan's
+               static trip count keeps the step's FLOPs countable (the AOT
+               check counts the full-cache step, an upper bound).
   `full`       the whole cache width, masked (the reference, and what the
                rollout did before).
   `pallas_gpu` `jax.experimental.pallas.ops.gpu.decode_attention.gqa` with
@@ -74,10 +77,12 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
               *, block: int):
   """Online-softmax attention over the filled blocks only (same as `full`).
 
-  The loop runs ceil(max(lengths) / block) times: a step early in a rollout
-  reads a prompt-sized prefix of the cache, not the whole width. Within the
-  loop, columns at or past a slot's length are masked; such a block adds
-  exactly zero (its exp underflows to 0, the running max does not move).
+  Only the first ceil(max(lengths) / block) blocks are read (the others'
+  `cond` branch is the identity): a step early in a rollout reads a
+  prompt-sized prefix of the cache, not the whole width. Columns at or past
+  a slot's length are masked; a block of them adds exactly zero (its exp
+  underflows to 0 and the running max does not move), so the result does
+  not depend on how many blocks the longest slot makes the loop read.
 
   Args:
     block: J, columns per block; must divide S.
@@ -94,7 +99,7 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
   lengths = lengths_b[:, None, None, None]
   num_blocks = (jnp.max(lengths_b) + block - 1) // block
 
-  def body(j, carry):
+  def read(j, carry):
     m, l, acc = carry
     start = j * block
     kb = jax.lax.dynamic_slice_in_dim(k_bkhs, start, block, axis=3)
@@ -118,7 +123,10 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
   init = (jnp.full((b, kh, g, 1), MASK_VALUE, jnp.float32),
           jnp.zeros((b, kh, g, 1), jnp.float32),
           jnp.zeros((b, kh, g, h), jnp.float32))
-  _, l, acc = jax.lax.fori_loop(0, num_blocks, body, init)
+  def body(carry, j):
+    return jax.lax.cond(j < num_blocks, read, lambda j, c: c, j, carry), None
+
+  (_, l, acc), _ = jax.lax.scan(body, init, jnp.arange(s_len // block))
   return (acc / l).reshape(b, n, h).astype(q_bnh.dtype)
 
 

@@ -406,6 +406,8 @@ def _check_loss_and_rl(c: _Checker):
   c.num("rollout.top_p", low=0.0, high=1.0, low_open=True)
   c.int_("rollout.top_k", low=0)
   c.int_("rollout.max_new_tokens", low=1)
+  c.bool_("rollout.continuous", required=False)
+  c.int_("rollout.num_slots", low=0, required=False)
   spec = c.value("reward.spec")
   if spec is not _MISSING and not isinstance(spec, (str, dict)) and not (
       hasattr(spec, "keys")):
