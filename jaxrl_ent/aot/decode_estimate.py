@@ -96,7 +96,7 @@ def _carry(setup, slots: int, width: int):
   cache = decoder.SlotCache(
       k=tuple(arr((slots, kh, h, width), cfg.dtype) for _ in range(n)),
       v=tuple(arr((slots, kh, width, h), cfg.dtype) for _ in range(n)),
-      lengths=arr((slots,), jnp.int32))
+      lengths=arr((slots,), jnp.int32), starts=arr((slots,), jnp.int32))
   carry = sampler.DecodeCarry(
       logits=arr((slots, cfg.vocab_size), jnp.float32), cache=cache,
       out_tok=arr((rows, c), jnp.int32), out_logp=arr((rows, c), jnp.float32),

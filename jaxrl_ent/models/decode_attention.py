@@ -1,9 +1,9 @@
 """Length-aware attention of one decode step over per-slot KV caches.
 
 A rollout's decode step attends one new token per slot to that slot's cache,
-whose first `lengths[b]` columns are filled (prompt then completion, packed
-from column 0: column = RoPE position). The kernels here read only the
-filled part, so a step costs O(filled) instead of O(cache width):
+whose columns [starts[b], lengths[b]) are filled (the left-padded prompt,
+then the completion). The kernels here read only up to the filled part, so
+a step costs O(filled) instead of O(cache width):
 
   `blockwise`  XLA, any backend: a `scan` over cache blocks with an online
                (flash) softmax, whose body is a `cond` that skips blocks
@@ -14,7 +14,8 @@ filled part, so a step costs O(filled) instead of O(cache width):
   `full`       the whole cache width, masked (the reference, and what the
                rollout did before).
   `pallas_gpu` `jax.experimental.pallas.ops.gpu.decode_attention.gqa` with
-               `kv_seq_len` (per-slot early exit inside the kernel); it wants
+               `start_idx`/`kv_seq_len` (per-slot bounds inside the kernel);
+               it wants
                [B, S, K, H] caches, so the storage layout is transposed for it
                (a copy per step: correct everywhere, fast only with a
                GPU-native cache layout, which this module does not pick).
@@ -49,14 +50,24 @@ def _dequant(x, scale, dtype):
   return (x.astype(jnp.float32) * scale).astype(dtype)
 
 
-def full(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None):
-  """Attention over every cache column, masked past `lengths` (reference).
+def _in_range(col, starts_b, lengths_b):
+  """bool [B, 1, 1, J]: column within [starts, lengths) of each slot."""
+  ok = col < lengths_b[:, None, None, None]
+  if starts_b is not None:
+    ok &= col >= starts_b[:, None, None, None]
+  return ok
+
+
+def full(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
+         starts_b=None):
+  """Attention over every cache column, masked outside [starts, lengths).
 
   Args:
     q_bnh: [B, N, H] queries of the new token.
     k_bkhs: [B, K, H, S] keys (int8 with `k_scale` [B, K, 1, S]).
     v_bksh: [B, K, S, H] values (int8 with `v_scale` [B, K, S, 1]).
-    lengths_b: int32 [B] filled columns per slot (>= 1).
+    lengths_b: int32 [B] end (exclusive) of each slot's filled columns.
+    starts_b: optional int32 [B] first filled column (default 0).
 
   Returns:
     [B, N, H] in q's dtype.
@@ -68,13 +79,13 @@ def full(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None):
   v = _dequant(v_bksh, v_scale, q.dtype)
   s = jnp.matmul(q, k, preferred_element_type=jnp.float32) * (h ** -0.5)
   col = jnp.arange(k.shape[-1])
-  s = jnp.where(col < lengths_b[:, None, None, None], s, MASK_VALUE)
+  s = jnp.where(_in_range(col, starts_b, lengths_b), s, MASK_VALUE)
   probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
   return jnp.matmul(probs, v).reshape(b, n, h).astype(q_bnh.dtype)
 
 
 def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
-              *, block: int):
+              starts_b=None, *, block: int):
   """Online-softmax attention over the filled blocks only (same as `full`).
 
   Only the first ceil(max(lengths) / block) blocks are read (the others'
@@ -96,7 +107,6 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
   q = _grouped(q_bnh, kh)
   g = q.shape[2]
   scale = h ** -0.5
-  lengths = lengths_b[:, None, None, None]
   num_blocks = (jnp.max(lengths_b) + block - 1) // block
 
   def read(j, carry):
@@ -111,7 +121,8 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
                   jax.lax.dynamic_slice_in_dim(v_scale, start, block, 2),
                   q.dtype)
     sc = jnp.matmul(q, kb, preferred_element_type=jnp.float32) * scale
-    sc = jnp.where(start + jnp.arange(block) < lengths, sc, MASK_VALUE)
+    sc = jnp.where(_in_range(start + jnp.arange(block), starts_b, lengths_b),
+                   sc, MASK_VALUE)
     m_new = jnp.maximum(m, jnp.max(sc, axis=-1, keepdims=True))
     corr = jnp.exp(m - m_new)
     p = jnp.exp(sc - m_new)
@@ -131,7 +142,7 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
 
 
 def pallas_gpu(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
-               *, block: int, interpret: bool = False):
+               starts_b=None, *, block: int, interpret: bool = False):
   """Pallas GPU decode attention with per-slot `kv_seq_len` (see module doc).
 
   Args:
@@ -144,22 +155,22 @@ def pallas_gpu(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
   v = _dequant(v_bksh, v_scale, dtype).transpose(0, 2, 1, 3)
   s_len = k.shape[1]
   return decode_attention.gqa(
-      q_bnh, k, v, kv_seq_len=lengths_b.astype(jnp.int32),
+      q_bnh, k, v, start_idx=None if starts_b is None else
+      starts_b.astype(jnp.int32), kv_seq_len=lengths_b.astype(jnp.int32),
       block_k=min(block, s_len), k_splits=max(1, s_len // block),
       interpret=interpret).astype(dtype)
 
 
 def attend(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None, *,
-           impl: str = "blockwise", block: int = 128):
+           starts_b=None, impl: str = "blockwise", block: int = 128):
   """Dispatches to one of `IMPLS` (see the module docstring)."""
+  args = (q_bnh, k_bkhs, v_bksh, lengths_b, k_scale, v_scale, starts_b)
   if impl == "full":
-    return full(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale, v_scale)
+    return full(*args)
   if impl == "blockwise":
-    return blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale, v_scale,
-                     block=block)
+    return blockwise(*args, block=block)
   if impl == "pallas_gpu":
-    return pallas_gpu(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale, v_scale,
-                      block=block)
+    return pallas_gpu(*args, block=block)
   raise ValueError(f"unknown decode attention {impl!r}; one of {IMPLS}.")
 
 

@@ -309,19 +309,22 @@ def cached_forward(weights: DecodeWeights, tokens_bt, positions_bt,
 
 
 class SlotCache(NamedTuple):
-  """Per-slot KV cache of the decode loop, packed from column 0.
+  """Per-slot KV cache of the decode loop.
 
-  Slot b holds one row: its prompt's keys/values in columns
-  [0, prompt_len) and its completion after them, so a column is the token's
-  RoPE position and `lengths[b]` columns are filled. Rows in different slots
-  are at different lengths (continuous batching refills a slot whose row has
-  stopped), and the decode attention reads only the filled columns
+  Slot b holds one row in columns [starts[b], lengths[b]): its prompt,
+  left-padded into the first P columns as the prefill leaves it (so
+  starts = P - prompt length), then its completion, token i at column
+  P + i. The rows of a static batch are in lockstep and write the same
+  column each step (one dynamic-update-slice); with continuous batching a
+  refilled slot restarts at column P while others are further along (a
+  per-slot scatter). The decode attention reads only the filled columns
   (`decode_attention`). Same storage layouts as `KVCache`.
 
   Attributes:
     k: L arrays [B, K, H, S] (int8 when quantised), keys already rotated.
     v: L arrays [B, K, S, H] (int8 when quantised).
-    lengths: int32 [B], filled columns per slot.
+    lengths: int32 [B], end (exclusive) of each slot's filled columns.
+    starts: int32 [B], first filled column of each slot.
     k_scale: () or L float32 arrays [B, K, 1, S], per (slot, kv head,
       column) scales of int8 keys.
     v_scale: () or L float32 arrays [B, K, S, 1].
@@ -329,6 +332,7 @@ class SlotCache(NamedTuple):
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   lengths: jax.Array
+  starts: jax.Array
   k_scale: tuple[jax.Array, ...] = ()
   v_scale: tuple[jax.Array, ...] = ()
 
@@ -337,39 +341,32 @@ class SlotCache(NamedTuple):
     return bool(self.k_scale)
 
 
-def init_slot_cache(cfg: config_lib.ModelConfig, slots: int, width: int,
-                    dtype=None, quantize: bool = False) -> SlotCache:
-  """An empty `SlotCache` of `slots` × `width` columns (int8 if `quantize`)."""
-  dtype = jnp.int8 if quantize else (dtype or cfg.dtype)
-  kh, h, n = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-  k = tuple(jnp.zeros((slots, kh, h, width), dtype) for _ in range(n))
-  v = tuple(jnp.zeros((slots, kh, width, h), dtype) for _ in range(n))
-  scales = ((), ())
-  if quantize:
-    scales = (tuple(jnp.ones((slots, kh, 1, width), jnp.float32)
-                    for _ in range(n)),
-              tuple(jnp.ones((slots, kh, width, 1), jnp.float32)
-                    for _ in range(n)))
-  return SlotCache(k, v, jnp.zeros((slots,), jnp.int32), *scales)
+def _write_column(cache_arr, new, col_b, axis, shared: bool):
+  """cache_arr[b, ..., col_b[b] on `axis`, ...] = new[b].
 
-
-def _write_column(cache_arr, new, col_b, axis):
-  """cache_arr[b, ..., col_b[b] on `axis`, ...] = new[b] (one scatter)."""
+  With `shared` (every slot at the same column), one in-place
+  dynamic-update-slice at col_b[0]; otherwise one scatter.
+  """
+  new = new.astype(cache_arr.dtype)
+  if shared:
+    start = [0] * cache_arr.ndim
+    start[axis] = col_b[0]
+    return jax.lax.dynamic_update_slice(cache_arr, jnp.expand_dims(new, axis),
+                                        start)
   rows = jnp.arange(cache_arr.shape[0])
   index = [rows] + [slice(None)] * (cache_arr.ndim - 1)
   index[axis] = col_b
-  return cache_arr.at[tuple(index)].set(new.astype(cache_arr.dtype),
-                                        mode="drop")
+  return cache_arr.at[tuple(index)].set(new, mode="drop")
 
 
 def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
-                   attention: str = "blockwise", block: int = 128):
+                   attention: str = "blockwise", block: int = 128,
+                   lockstep: bool = False):
   """Final hidden states of one new token per slot, attending to its cache.
 
-  Slot b's token sits at RoPE position (and cache column) `lengths[b]`; its
-  key/value are written there, and it attends to the columns up to and
-  including it. Every slot advances by one column (a slot with no live row
-  rewrites its next column; `lengths` of such slots are reset on refill).
+  Slot b's token goes to cache column `lengths[b]`, at RoPE position
+  `lengths[b] - starts[b]`, and attends to its columns [starts, lengths]
+  (itself included).
 
   Args:
     weights: `DecoderLM.decode_weights()`.
@@ -377,6 +374,8 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
     cache: the slots' caches.
     attention: `decode_attention.IMPLS` member.
     block: cache columns per attention block (divides the cache width).
+    lockstep: every slot is at the same column (the static batch): the
+      cache writes are then dynamic-update-slices, not scatters.
 
   Returns:
     (hidden [B, 1, D] in the compute dtype, cache with `lengths + 1`).
@@ -385,7 +384,7 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
   col = cache.lengths
   lengths = col + 1
   x = _embed(cfg, weights.embed, tokens_b[:, None])
-  cos, sin = _rope_tables(cfg, col[:, None])
+  cos, sin = _rope_tables(cfg, (col - cache.starts)[:, None])
   new_k, new_v, new_ks, new_vs = [], [], [], []
   for i, (p, k_cache, v_cache) in enumerate(zip(weights.layers, cache.k,
                                                 cache.v)):
@@ -395,21 +394,21 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
     if cache.quantized:
       k_bkh, ks = decode_attention.quantize(k_bkh, axis=-1)
       v_bkh, vs = decode_attention.quantize(v_bkh, axis=-1)
-      k_scale = _write_column(cache.k_scale[i], ks, col, 3)
-      v_scale = _write_column(cache.v_scale[i], vs, col, 2)
+      k_scale = _write_column(cache.k_scale[i], ks, col, 3, lockstep)
+      v_scale = _write_column(cache.v_scale[i], vs, col, 2, lockstep)
       new_ks.append(k_scale)
       new_vs.append(v_scale)
-    k_cache = _write_column(k_cache, k_bkh, col, 3)
-    v_cache = _write_column(v_cache, v_bkh, col, 2)
+    k_cache = _write_column(k_cache, k_bkh, col, 3, lockstep)
+    v_cache = _write_column(v_cache, v_bkh, col, 2, lockstep)
     new_k.append(k_cache)
     new_v.append(v_cache)
     attn = decode_attention.attend(q[:, 0], k_cache, v_cache, lengths,
-                                   k_scale, v_scale, impl=attention,
-                                   block=block)
+                                   k_scale, v_scale, starts_b=cache.starts,
+                                   impl=attention, block=block)
     x = _finish_layer(cfg, p, x, attn[:, None])
   x = layers.rms_norm(x, weights.final_norm, cfg.rms_norm_eps)
-  return x, SlotCache(tuple(new_k), tuple(new_v), lengths, tuple(new_ks),
-                      tuple(new_vs))
+  return x, SlotCache(tuple(new_k), tuple(new_v), lengths, cache.starts,
+                      tuple(new_ks), tuple(new_vs))
 
 
 def _logits(hidden_btd, head_dv):

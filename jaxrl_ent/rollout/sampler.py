@@ -2,8 +2,8 @@
 
 `generate` validates its inputs on the host (before anything compiles), pads
 the prompts into a length bucket, and calls one jitted program that
-  1. prefills each left-padded prompt once ([B, P], not [R, P]) and packs its
-     KV cache from column 0 (column = RoPE position) into a prompt queue,
+  1. prefills each left-padded prompt once ([B, P], not [R, P]) into a
+     prompt queue,
   2. inserts rows (prompt, sample) into decode slots, each with a cache of
      P + C columns, and decodes inside `lax.while_loop` over per-layer
      weights sliced once before the loop; each step's attention reads only
@@ -285,8 +285,8 @@ class PromptQueue(NamedTuple):
   """The prefilled prompts rows are inserted from (loop-invariant).
 
   Attributes:
-    cache: `SlotCache` of B entries × P columns: prompt b's keys/values
-      packed from column 0, `lengths` its real token count.
+    cache: `SlotCache` of B entries × P columns: prompt b's keys/values,
+      left-padded (`starts` = P - its length, `lengths` = P).
     logits: float32 [B, V], logits of each prompt's last token.
   """
   cache: decoder.SlotCache
@@ -325,8 +325,10 @@ def _constrain_slots(cache: decoder.SlotCache) -> decoder.SlotCache:
   """Slots over the batch axes, kv heads over tensor (both layouts)."""
   axes = decoder.CACHE_AXES
   con = lambda xs: tuple(sharding.constrain(x, axes) for x in xs)
+  rows = ("act_batch",)
   return decoder.SlotCache(con(cache.k), con(cache.v),
-                           sharding.constrain(cache.lengths, ("act_batch",)),
+                           sharding.constrain(cache.lengths, rows),
+                           sharding.constrain(cache.starts, rows),
                            con(cache.k_scale), con(cache.v_scale))
 
 
@@ -335,8 +337,7 @@ def prefill_queue(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
   """Runs each left-padded prompt through the model once ([B, P]).
 
   The n rows of a group share their prompt, so running it n times would be
-  n× the prefill FLOPs for the same keys and values. The cache is then
-  packed to start at column 0 (column = RoPE position) for the slots, and
+  n× the prefill FLOPs for the same keys and values. The cache is
   quantised once here with `kv_int8`.
   """
   cfg = weights.cfg
@@ -354,20 +355,14 @@ def prefill_queue(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
   # on v5e-8 (found by launch/aot_check.py), more than the chip's HBM.
   last_logits = decoder.cached_logits(weights, hidden[:, -1:])[:, 0]
   prompt_len = mask_bp.sum(axis=1).astype(jnp.int32)
-  # Left padding -> packed from column 0: column j holds the token at
-  # column j + (P - len) (columns past len hold copies, never attended).
-  src = jnp.minimum(jnp.arange(p)[None, :] + (p - prompt_len)[:, None], p - 1)
-  k = tuple(jnp.take_along_axis(x, src[:, None, None, :], axis=3)
-            for x in cache.k)
-  v = tuple(jnp.take_along_axis(x, src[:, None, :, None], axis=2)
-            for x in cache.v)
-  ks = vs = ()
+  k, v, ks, vs = cache.k, cache.v, (), ()
   if params.kv_int8:
     k, ks = zip(*(attention_lib.quantize(x, axis=2) for x in k))
     v, vs = zip(*(attention_lib.quantize(x, axis=3) for x in v))
   return PromptQueue(
-      _constrain_slots(decoder.SlotCache(tuple(k), tuple(v), prompt_len,
-                                         tuple(ks), tuple(vs))),
+      _constrain_slots(decoder.SlotCache(
+          tuple(k), tuple(v), jnp.full((b,), p, jnp.int32), p - prompt_len,
+          tuple(ks), tuple(vs))),
       sharding.constrain(last_logits, ("act_batch", "act_vocab")))
 
 
@@ -386,7 +381,8 @@ def init_carry(queue: PromptQueue, rows: int, slots: int,
 
   q = queue.cache
   cache = decoder.SlotCache(fill(q.k, 3), fill(q.v, 2), q.lengths[prompt],
-                            fill(q.k_scale, 3), fill(q.v_scale, 2))
+                            q.starts[prompt], fill(q.k_scale, 3),
+                            fill(q.v_scale, 2))
   return DecodeCarry(
       logits=sharding.constrain(queue.logits[prompt],
                                 ("act_batch", "act_vocab")),
@@ -441,17 +437,19 @@ def row_keys(key, rows_s, tokens_s):
 
 def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
                 carry: DecodeCarry, *, params: SamplingParams,
-                row_budgets=None) -> DecodeCarry:
+                row_budgets=None, lockstep: bool = True) -> DecodeCarry:
   """Samples the next token of every slot and feeds it through the model.
 
   Args:
     weights: `policy.decode_weights()`.
     key: the rollout key (see `row_keys`).
     prompt_len_s: int [S] real prompt tokens of each slot's row (its token
-      index is `cache.lengths - prompt_len_s`).
+      index is `lengths - starts - prompt_len_s`).
     carry: the `DecodeCarry`.
     params: sampling settings.
     row_budgets: optional int [R] per-row budgets (default C for all).
+    lockstep: the static batch (every slot started at step 0, so all write
+      the same cache column); False for continuous batching.
 
   Returns:
     The carry one token later; slots whose row stopped are `done`.
@@ -459,7 +457,7 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
   cache = carry.cache
   rows, c = carry.out_tok.shape
   stop_ids = jnp.asarray(params.stop_token_ids or (-1,), jnp.int32)
-  i_s = cache.lengths - prompt_len_s
+  i_s = cache.lengths - cache.starts - prompt_len_s
   tok, logp, ent = sampling.sample(
       row_keys(key, carry.slot_row, i_s), carry.logits,
       temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
@@ -480,11 +478,14 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
   # `cache_width` made W a multiple of kv_block, or one block if smaller.
   block = params.kv_block if width % params.kv_block == 0 else width
   hidden, cache = decoder.decode_forward(
-      weights, tok, cache, attention=params.decode_attention, block=block)
-  # A stopped slot's columns are no longer read: keep its length at 1 so
-  # the attention of later steps does not scan them.
-  cache = _constrain_slots(cache._replace(
-      lengths=jnp.where(done, 1, cache.lengths)))
+      weights, tok, cache, attention=params.decode_attention, block=block,
+      lockstep=lockstep)
+  if not lockstep:
+    # A stopped slot's columns are no longer read: shrink it to one column
+    # so later steps' attention does not scan them (until it is refilled).
+    cache = cache._replace(lengths=jnp.where(done, cache.starts + 1,
+                                             cache.lengths))
+  cache = _constrain_slots(cache)
   logits = decoder.cached_logits(weights, hidden)[:, 0]
   return DecodeCarry(sharding.constrain(logits, ("act_batch", "act_vocab")),
                      cache, out_tok, out_logp, out_ent, done, carry.slot_row)
@@ -497,7 +498,7 @@ def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
   The k-th done slot (in slot order) gets row `next_row + k` while rows
   remain: the prompt's packed cache is copied into the slot's first P
   columns (one dynamic-update-slice per refilled slot and layer, in place),
-  and its logits, length and prompt length are set.
+  and its logits, filled columns and prompt length are set.
 
   Returns:
     (carry, prompt_len_s, next_row).
@@ -527,12 +528,14 @@ def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
     k, v, ks, vs = jax.lax.fori_loop(
         0, count, one, (cache.k, cache.v, cache.k_scale, cache.v_scale))
     lengths = jnp.where(take, q.lengths[prompt], cache.lengths)
-    cache = _constrain_slots(decoder.SlotCache(k, v, lengths, ks, vs))
+    starts = jnp.where(take, q.starts[prompt], cache.starts)
+    cache = _constrain_slots(decoder.SlotCache(k, v, lengths, starts, ks, vs))
     logits = jnp.where(take[:, None], queue.logits[prompt], carry.logits)
     carry = carry._replace(
         logits=logits, cache=cache, done=carry.done & ~take,
         slot_row=jnp.where(take, new_row, carry.slot_row).astype(jnp.int32))
-    return carry, jnp.where(take, q.lengths[prompt], prompt_len_s)
+    return carry, jnp.where(take, q.lengths[prompt] - q.starts[prompt],
+                            prompt_len_s)
 
   carry, prompt_len_s = jax.lax.cond(count > 0, insert, lambda a: a,
                                      (carry, prompt_len_s))
@@ -571,15 +574,16 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
   step = functools.partial(decode_step, weights, key, params=params,
                            row_budgets=row_budgets)
   if slots == rows:  # Static batch: every row has its slot from the start.
-    prompt_len_r = jnp.repeat(queue.cache.lengths, n)
+    prompt_len_r = jnp.repeat(queue.cache.lengths - queue.cache.starts, n)
     carry = jax.lax.while_loop(lambda c: ~jnp.all(c.done),
                                lambda c: step(prompt_len_r, c), carry)
   else:
     def body(state):
       carry, prompt_len_s, next_row = state
-      carry = step(prompt_len_s, carry)
+      carry = step(prompt_len_s, carry, lockstep=False)
       return refill(queue, carry, prompt_len_s, next_row, params)
-    state = (carry, carry.cache.lengths, jnp.asarray(slots, jnp.int32))
+    state = (carry, carry.cache.lengths - carry.cache.starts,
+             jnp.asarray(slots, jnp.int32))
     carry, _, _ = jax.lax.while_loop(lambda s: ~jnp.all(s[0].done), body,
                                      state)
   return _assemble(tokens_bp, mask_bp, carry, params, row_budgets)

@@ -152,27 +152,34 @@ class DecodeAttentionTest(parameterized.TestCase):
     k = jax.random.normal(ks[1], (b, kh, h, s), dtype)
     v = jax.random.normal(ks[2], (b, kh, s, h), dtype)
     lengths = jnp.asarray([1, 9, s][:b], jnp.int32)
-    return q, k, v, lengths
+    starts = jnp.asarray([0, 3, 13][:b], jnp.int32)
+    return q, k, v, lengths, starts
 
-  def _reference(self, q, k, v, lengths):
+  def _reference(self, q, k, v, lengths, starts=None):
     # The training-side cached attention, with an explicit [B, 1, S] mask.
-    allowed = jnp.arange(k.shape[-1])[None, None, :] < lengths[:, None, None]
+    col = jnp.arange(k.shape[-1])[None, None, :]
+    allowed = col < lengths[:, None, None]
+    if starts is not None:
+      allowed &= col >= starts[:, None, None]
     return layers.cached_attention(q[:, None], k, v, allowed)[:, 0]
 
   @parameterized.parameters(8, 16, 32)
   def test_blockwise_equals_cached_attention(self, block):
-    q, k, v, lengths = self._inputs()
-    want = self._reference(q, k, v, lengths)
-    got = jax.jit(functools.partial(decode_attention.blockwise,
-                                    block=block))(q, k, v, lengths)
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(decode_attention.full(q, k, v, lengths), want,
-                               atol=1e-5, rtol=0)
+    q, k, v, lengths, starts = self._inputs()
+    for st in (None, starts):
+      want = self._reference(q, k, v, lengths, st)
+      got = jax.jit(functools.partial(decode_attention.blockwise,
+                                      block=block))(q, k, v, lengths,
+                                                    starts_b=st)
+      np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+      np.testing.assert_allclose(
+          decode_attention.full(q, k, v, lengths, starts_b=st), want,
+          atol=1e-5, rtol=0)
 
   def test_blockwise_reads_only_filled_blocks(self):
     # Columns past every slot's length may hold anything (NaN here): the
     # loop never reads them, so the result is unchanged.
-    q, k, v, _ = self._inputs()
+    q, k, v, _, _ = self._inputs()
     lengths = jnp.asarray([3, 7, 12], jnp.int32)
     want = self._reference(q, k, v, lengths)
     k = k.at[..., 16:].set(jnp.nan)
@@ -181,7 +188,7 @@ class DecodeAttentionTest(parameterized.TestCase):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
   def test_int8_dequantised_attention(self):
-    q, k, v, lengths = self._inputs()
+    q, k, v, lengths, _ = self._inputs()
     kq, ks = decode_attention.quantize(k, axis=2)
     vq, vs = decode_attention.quantize(v, axis=3)
     want = self._reference(q, kq * ks, vq * vs, lengths)
@@ -191,10 +198,10 @@ class DecodeAttentionTest(parameterized.TestCase):
     self.assertLess(float(jnp.max(jnp.abs(kq * ks - k) - ks / 2)), 1e-6)
 
   def test_pallas_gpu_interpret_equals_cached_attention(self):
-    q, k, v, lengths = self._inputs(s=32)
-    want = self._reference(q, k, v, lengths)
-    got = decode_attention.pallas_gpu(q, k, v, lengths, block=16,
-                                      interpret=True)
+    q, k, v, lengths, starts = self._inputs(s=32)
+    want = self._reference(q, k, v, lengths, starts)
+    got = decode_attention.pallas_gpu(q, k, v, lengths, starts_b=starts,
+                                      block=16, interpret=True)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
