@@ -57,8 +57,19 @@ class JobsTest(parameterized.TestCase):
 
   def test_required_jobs_exist(self):
     for name in ("qwen2_5_0_5b_v5e8", "qwen2_5_1_5b_v4_8",
-                 "qwen2_5_7b_v5p_16", "qwen3_8b_v5p_64"):
+                 "qwen2_5_7b_v5p_16", "qwen3_8b_v5p_64",
+                 "qwen2_5_7b_v5p_16_8k", "qwen3_8b_v5p_64_16k"):
       self.assertIn(name, tpu_grpo.JOBS)
+
+  def test_reasoning_length_jobs(self):
+    for name, seq in (("qwen2_5_7b_v5p_16_8k", 1024 + 8192),
+                      ("qwen3_8b_v5p_64_16k", 1024 + 16384)):
+      c = tpu_grpo.get_config(f"job={name}")
+      self.assertEqual(c.data.max_prompt_length + c.rollout.max_new_tokens,
+                       seq)
+      # Splash tiles the sequence by 512 (models.attention.splash_block).
+      self.assertEqual(seq % 512, 0)
+      self.assertLessEqual(seq, c.model.max_position_embeddings)
 
   @parameterized.parameters(*_JOBS)
   def test_parses_validates_and_mesh_covers_topology(self, name):
