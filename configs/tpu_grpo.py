@@ -122,6 +122,38 @@ JOBS = {
         model="qwen3_8b", topology="v5p:4x4x4",
         mesh={"data": 1, "fsdp": 16, "tensor": 4},
         prompts=128, n=8, mini=4, micro=4, P=512, C=1536, remat=True),
+    # ---- Reasoning-length jobs (issue 18). The training forward's attention
+    # is Pallas splash attention on TPU (`model.attention_impl="auto"`):
+    # causal + segment ids, fused backward, [T, S] never in HBM, so what
+    # grows with the length is linear: activations R × S × D and the KV
+    # cache. (Before it, 512 rows of 1k + 8k needed 313 GiB of log-prob
+    # temporaries per chip: the f32 [rows, heads, S, S] scores of a layer.)
+    #
+    # 7B on v5p-16 at 1k prompt + 8k completion: S = 9216. Mesh as above
+    # (FSDP 4 × tensor 4). 32 prompts × 8 = 256 rows (half the 1.5k job's
+    # rows for 6× the tokens per row: 2.4M tokens a step). Per chip:
+    # params + moments + grads 10N / 16 = 4.8 GB. KV cache 57.3 kB/token ×
+    # 256 × 9216 = 135 GB / 16 = 8.5 GB. Log-prob pass, all 256 rows, 64 per
+    # fsdp shard: layer carry 64 × 9216 × 3584 × 2 B = 4.2 GB, MLP gate/up
+    # 2 × 64 × 9216 × 4736 (18944 / 4) × 2 B = 11.2 GB, attention q/k/v/out
+    # ~1.6 GB, no scores. Train: 4 calls of 64 rows, 4 micro-batches of 16
+    # (4 rows per fsdp shard); full remat keeps the layer inputs, 28 × 4 ×
+    # 9216 × 3584 × 2 B = 7.4 GB, + one layer's recompute (~1.5 GB).
+    "qwen2_5_7b_v5p_16_8k": dict(
+        model="qwen2_5_7b", topology="v5p:2x2x4",
+        mesh={"data": 1, "fsdp": 4, "tensor": 4},
+        prompts=32, n=8, mini=4, micro=4, P=1024, C=8192, remat=True),
+    # Qwen3-8B on v5p-64 at 1k + 16k: S = 17408. FSDP 16 × tensor 4. 64
+    # prompts × 8 = 512 rows (8.9M tokens a step). Per chip: 10N / 64 =
+    # 1.3 GB. KV cache 147 kB/token × 512 × 17408 = 1.31 TB / 64 = 20.5 GB.
+    # Log-prob pass, 32 rows per fsdp shard: carry 32 × 17408 × 4096 × 2 B
+    # = 4.6 GB, MLP gate/up 2 × 32 × 17408 × 3072 × 2 B = 6.8 GB. Train:
+    # 4 calls of 128 rows, 8 micro-batches of 16 (1 row per fsdp shard);
+    # saved layer inputs 36 × 1 × 17408 × 4096 × 2 B = 5.1 GB.
+    "qwen3_8b_v5p_64_16k": dict(
+        model="qwen3_8b", topology="v5p:4x4x4",
+        mesh={"data": 1, "fsdp": 16, "tensor": 4},
+        prompts=64, n=8, mini=4, micro=8, P=1024, C=16384, remat=True),
 }
 
 
