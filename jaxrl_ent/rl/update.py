@@ -64,8 +64,11 @@ class RolloutBatch:
 
   @classmethod
   def from_rollout(cls, out, rewards) -> "RolloutBatch":
+    """From a `rollout.Rollout`, possibly stacked over replicas ([S, R, …])."""
+    attention_mask = jnp.concatenate([out.prompt_mask, out.completion_mask],
+                                     axis=-1)
     return cls(tokens=out.tokens, positions=out.positions,
-               attention_mask=out.attention_mask,
+               attention_mask=attention_mask,
                completion_mask=out.completion_mask, behaviour_logp=out.logp,
                rewards=jnp.asarray(rewards, jnp.float32))
 
@@ -244,17 +247,22 @@ def make_update(graphdef, rest, spec: UpdateSpec):
 
 
 def jit_update(update, state_shardings, batch_shardings, replicated, *,
-               measure: bool, ref_shardings=None, donate: bool = True):
+               measure: bool, ref_shardings=None, replicas: bool = False,
+               donate: bool = True):
   """`update` jitted with explicit shardings and a donated state.
 
   The shardings come from `sharding.train_state_shardings` (the same helper
   init, restore and the AOT check use), so a step never moves the state;
   the key and the metrics are `replicated`. Pass `ref_shardings=None` when
-  there is no reference policy.
+  there is no reference policy. With `replicas`, every argument carries a
+  leading replica axis and the update is `jax.vmap`ped over it.
   """
+  fn = functools.partial(update, measure=measure)
+  if replicas:
+    fn = jax.vmap(fn, in_axes=(0, 0, 0, None if ref_shardings is None
+                               else 0))
   return jax.jit(
-      functools.partial(update, measure=measure),
-      in_shardings=(state_shardings, batch_shardings, replicated,
-                    ref_shardings),
+      fn, in_shardings=(state_shardings, batch_shardings, replicated,
+                        ref_shardings),
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,) if donate else ())

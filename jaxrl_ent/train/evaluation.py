@@ -98,6 +98,11 @@ class Evaluator:
         data_cfg, tokenizer, process_index=self.block[0],
         process_count=self.block[1]))
 
+  def _budget(self):
+    r = self.cfg.reward
+    return {"timeout_s": r.timeout_s,
+            "batch_timeout_s": r.get("batch_timeout_s", None)}
+
   def __call__(self, policy, key, mesh) -> dict[str, float]:
     e, r = self.cfg.eval, self.cfg.rollout
     block = self.block
@@ -117,7 +122,7 @@ class Evaluator:
       texts = decode(self.tokenizer, own_rows(out.completion, block),
                      own_rows(out.lengths, block))
       res = self.scorer.score(self.reward_fn, texts, batch["references"],
-                              timeout_s=self.cfg.reward.timeout_s)
+                              **self._budget())
       greedy.append(all_rows(res.rewards[valid], block))
       if e.pass_k > 0:
         out = rollout.generate(policy, prompts, jax.random.fold_in(key, i),
@@ -126,8 +131,7 @@ class Evaluator:
         texts = decode(self.tokenizer, own_rows(out.completion, block),
                        own_rows(out.lengths, block))
         refs = [ref for ref in batch["references"] for _ in range(e.pass_k)]
-        res = self.scorer.score(self.reward_fn, texts, refs,
-                                timeout_s=self.cfg.reward.timeout_s)
+        res = self.scorer.score(self.reward_fn, texts, refs, **self._budget())
         solved = res.rewards.reshape(-1, e.pass_k) >= e.success_threshold
         passk.append(all_rows(solved.any(axis=1)[valid], block))
     g = np.concatenate(greedy)

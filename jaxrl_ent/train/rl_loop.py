@@ -227,9 +227,6 @@ def train_and_evaluate(config, workdir) -> dict:
   del states
   sharding.check_replication(state.params, state_sh.params)
   update = update_lib.make_update(graphdef, rest, spec)
-  if stacked:
-    update = jax.vmap(update, in_axes=(0, 0, 0, 0 if ref is not None
-                                       else None))
   ref_sh = None if ref is None else state_sh.params
   batch_sh = None  # Set on the first step, from the batch's shapes.
   compiled = {}
@@ -241,7 +238,7 @@ def train_and_evaluate(config, workdir) -> dict:
                                           replicas=stacked)
       compiled[measure] = update_lib.jit_update(
           update, state_sh, batch_sh, sharding.replicated(mesh),
-          measure=measure, ref_shardings=ref_sh)
+          measure=measure, ref_shardings=ref_sh, replicas=stacked)
     return compiled[measure]
 
   sampling = dict(max_new_tokens=config.rollout.max_new_tokens,
@@ -306,7 +303,9 @@ def train_and_evaluate(config, workdir) -> dict:
                                 evaluation.own_rows(o.lengths, block))
       refs = [r for r in batch["references"] for _ in range(group)]
       scored.append(evaluation.all_rows(scorer.score(
-          reward_fn, texts, refs, timeout_s=config.reward.timeout_s), block))
+          reward_fn, texts, refs, timeout_s=config.reward.timeout_s,
+          batch_timeout_s=config.reward.get("batch_timeout_s", None)),
+          block))
     rewards = np.stack([s.rewards for s in scored]).astype(np.float32)
     measure = bool(t.measure_every) and step % t.measure_every == 0
     with sharding.use_mesh(mesh, rules):
@@ -321,7 +320,7 @@ def train_and_evaluate(config, workdir) -> dict:
     lengths_all = host(out.lengths)
     ents = host(out.entropy)
     step_s = time.perf_counter() - start
-    tokens_all = host(out.attention_mask).sum(axis=-1)
+    tokens_all = host(batch.attention_mask).sum(axis=-1)
     stop = distributed.any_process(preempted.is_set)
     do_eval = config.eval.every and ((step + 1) % config.eval.every == 0 or
                                      step + 1 == t.steps)

@@ -48,6 +48,7 @@ from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
 from jaxrl_ent.train import checker
 from jaxrl_ent.train import factories
+from jaxrl_ent.train import replicas
 
 ConfigError = checker.ConfigError
 _MISSING = checker.MISSING
@@ -145,6 +146,10 @@ def _check_mesh(c: _Checker, num_devices: int):
 def _data_parallel_size(c: _Checker, sizes) -> int | None:
   """Product of the mesh axes the batch (`act_batch`) is sharded over."""
   rules = c.value("sharding.rules", required=False)
+  if rules not in (_MISSING, None) and not hasattr(rules, "keys"):
+    c.add("sharding.rules", f"{rules!r}; allowed: a mapping logical axis -> "
+          f"mesh axes in {sharding.MESH_AXES} (or None)")
+    return None
   try:
     merged = dict(sharding.merge_rules(
         dict(rules) if rules not in (_MISSING, None) else None))
@@ -567,6 +572,35 @@ def _run_checks(c: _Checker, num_devices: int, num_processes: int):
   _check_distributed(c)
   model_path = _get(c.config, "model_path")
   _check_rest(c, context, max_prompt, sft_on=not model_path)
+  _check_sweep(c, num_processes)
+
+
+def _check_sweep(c: _Checker, num_processes: int):
+  """`sweep.seeds` / `sweep.grid` parse, and name hparams of this run."""
+  if _get(c.config, "sweep") is _MISSING:
+    return
+  seeds = c.str_("sweep.seeds", required=False)
+  grid = c.str_("sweep.grid", required=False)
+  if c.bad("sweep.seeds") or c.bad("sweep.grid"):
+    return
+  if isinstance(seeds, str) and seeds.strip():
+    try:
+      replicas._parse_seeds(seeds)  # pylint: disable=protected-access
+    except ValueError as e:
+      c.add("sweep.seeds", str(e).split(": ", 1)[-1])
+  if isinstance(grid, str) and grid.strip():
+    try:
+      allowed = factories.initial_hparams(c.config)
+    except Exception:  # pylint: disable=broad-except
+      return  # The fields it reads are reported by their own checks.
+    try:
+      replicas._parse_grid(grid, allowed)  # pylint: disable=protected-access
+    except ValueError as e:
+      c.add("sweep.grid", str(e).split(": ", 1)[-1])
+  if num_processes > 1 and any(isinstance(v, str) and v.strip()
+                               for v in (seeds, grid)):
+    c.add("sweep.seeds", "replicas run in one process; allowed: empty in a "
+          "multi-process run")
 
 
 def unchecked_fields(config) -> list[str]:

@@ -73,6 +73,8 @@ DOCUMENTED_VALID = {
        "file is read" for f in ("prompt_field", "answer_field", "id_field")
        for kind in ("unknown_name", "missing_path")},
     ("data.answer_field", "empty"): "'' = records without answers",
+    ("sweep.seeds", "empty"): "'' = no sweep (one run)",
+    ("sweep.grid", "empty"): "'' = no coefficient grid",
     ("data.id_field", "empty"): "'' = ids from file:line",
 }
 

@@ -340,12 +340,12 @@ class UnusedFieldsTest(parameterized.TestCase):
   def test_unknown_fields_are_left_alone(self):
     config = _tiny()
     config.train.num_replicas = 4  # A field newer code may add.
-    config.sweep = ml_collections.ConfigDict({"seeds": [0, 1]})
+    config.future = ml_collections.ConfigDict({"knob": [0, 1]})
     validate.validate_config(config, num_devices=1, num_processes=1)
     self.assertEqual(validate.unchecked_fields(config),
-                     ["sweep.seeds", "train.num_replicas"])
+                     ["future.knob", "train.num_replicas"])
     self.assertEqual(validate.ignored_field_warnings(
-        config, ["train.num_replicas", "sweep.seeds"]), [])
+        config, ["train.num_replicas", "future.knob"]), [])
 
 
 class LauncherTest(absltest.TestCase):
