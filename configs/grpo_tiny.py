@@ -132,6 +132,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=400, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,
       recompute_old_logp=True, measure_every=1, max_consecutive_skips=5))
 
+  # Replicas in one program (jaxrl_ent/train/replicas.py): e.g.
+  # --config.sweep.seeds=0:16 --config.sweep.grid="entropy.coef=0,1e-3,1e-2"
+  # runs seeds × grid points as one vmapped rollout + update per step, each
+  # writing <workdir>/replicas/<name>/ like a run of its own. Empty = one run.
+  c.sweep = ml_collections.ConfigDict(dict(seeds="", grid=""))
+
   c.eval = ml_collections.ConfigDict(dict(
       every=50, num_examples=256, batch_size=128, pass_k=4,
       success_threshold=1.0))
