@@ -139,6 +139,9 @@ JOBS = {
     # ~1.6 GB, no scores. Train: 4 calls of 64 rows, 4 micro-batches of 16
     # (4 rows per fsdp shard); full remat keeps the layer inputs, 28 × 4 ×
     # 9216 × 3584 × 2 B = 7.4 GB, + one layer's recompute (~1.5 GB).
+    # aot_check: peak 35.47 GiB (log-prob pass) of 95 GiB; train 20.03,
+    # decode 12.65, prefill 9.60; splash kernels in the logp (1) and train
+    # (3) programs; roofline 136 s a step, decode 106 s of it.
     "qwen2_5_7b_v5p_16_8k": dict(
         model="qwen2_5_7b", topology="v5p:2x2x4",
         mesh={"data": 1, "fsdp": 4, "tensor": 4},
@@ -150,6 +153,9 @@ JOBS = {
     # = 4.6 GB, MLP gate/up 2 × 32 × 17408 × 3072 × 2 B = 6.8 GB. Train:
     # 4 calls of 128 rows, 8 micro-batches of 16 (1 row per fsdp shard);
     # saved layer inputs 36 × 1 × 17408 × 4096 × 2 B = 5.1 GB.
+    # aot_check: peak 33.90 GiB (log-prob pass) of 95 GiB; decode 23.36,
+    # prefill 19.99, train 11.01; splash in logp (1) and train (3);
+    # roofline 185 s a step, decode 148 s of it.
     "qwen3_8b_v5p_64_16k": dict(
         model="qwen3_8b", topology="v5p:4x4x4",
         mesh={"data": 1, "fsdp": 16, "tensor": 4},
