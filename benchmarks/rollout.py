@@ -51,9 +51,13 @@ def main():
                   help="--long_tail: rows per prompt")
   ap.add_argument("--num_slots", type=int, default=16,
                   help="--long_tail: decode slots of the continuous batch")
+  ap.add_argument("--int8_mismatch", action="store_true",
+                  help="log-prob gap of the int8 KV cache (see docstring)")
   args = ap.parse_args()
   if args.long_tail:
     return long_tail(args)
+  if args.int8_mismatch:
+    return int8_mismatch(args)
   args.out = args.out or "benchmarks/results/rollout.json"
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -257,6 +261,44 @@ def long_tail(args):
       "best_tokens_per_s": best, "median_tokens_per_s": med,
       "ratios_best_median": ratios, "load_average": load,
       "torch_threads": torch.get_num_threads()})
+
+
+def int8_mismatch(args):
+  """|logp(rollout) - logp(teacher forcing)| for the int8 and float caches."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent import models, rollout  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
+
+  dims = dict(vocab_size=4096, hidden_size=256, intermediate_size=704,
+              num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024)
+  with tempfile.TemporaryDirectory() as d:
+    tiny_hf.write_checkpoint(d, "qwen2", **dims)
+    policy = models.from_pretrained(d)
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(1, dims["vocab_size"], (args.batch, args.prompt_len))
+  rows = []
+  for int8 in (False, True):
+    out = rollout.generate(policy, [list(p) for p in prompts],
+                           jax.random.key(0), max_new_tokens=args.new_tokens,
+                           temperature=1.0, kv_int8=int8)
+    logits, _ = jax.jit(policy)(out.tokens, out.positions,
+                                out.attention_mask)
+    p = out.prompt_mask.shape[1]
+    logp_all = jax.nn.log_softmax(logits[:, p - 1:-1], axis=-1)
+    ref = jnp.take_along_axis(logp_all, out.completion[..., None], -1)[..., 0]
+    gap = np.abs(np.asarray(out.logp) - np.asarray(ref))
+    ratio = np.abs(np.expm1(np.asarray(out.logp) - np.asarray(ref)))
+    rows.append({"kv cache": "int8" if int8 else "float32 (default)",
+                 "max |dlogp|": f"{gap.max():.2e}",
+                 "mean |dlogp|": f"{gap.mean():.2e}",
+                 "max |ratio-1|": f"{ratio.max():.2e}"})
+  print(f"\nbehaviour vs teacher-forced log-probs, {policy.cfg.num_params() / 1e6:.1f}M "
+        f"Qwen2 (float32), {args.batch} rows x {args.new_tokens} tokens")
+  common.print_table(rows, ["kv cache", "max |dlogp|", "mean |dlogp|",
+                            "max |ratio-1|"])
 
 
 if __name__ == "__main__":

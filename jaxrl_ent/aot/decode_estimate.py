@@ -105,8 +105,10 @@ def _carry(setup, slots: int, width: int):
   return arr((slots,), jnp.int32), carry
 
 
-def step_time(setup, slots: int, fill: float) -> programs.Report:
-  """Compiles the decode step of `slots` slots at cache fill `fill`."""
+def step_time(setup, slots: int, fill: float, lockstep: bool = True
+              ) -> programs.Report:
+  """Compiles the decode step of `slots` slots at cache fill `fill`
+  (`lockstep`: the static batch's writes; else continuous, per-slot)."""
   s = setup.sizes
   sp = dataclasses.replace(programs.sampling_params(setup.config),
                            decode_attention="full")
@@ -118,7 +120,8 @@ def step_time(setup, slots: int, fill: float) -> programs.Report:
 
   def decode(params, weights, prompt_len, carry, key):
     del params
-    return sampler.decode_step(weights, key, prompt_len, carry, params=sp)
+    return sampler.decode_step(weights, key, prompt_len, carry, params=sp,
+                               lockstep=lockstep)
   with sharding.use_mesh(setup.mesh, setup.rules):
     traced = jax.jit(decode, donate_argnums=(3,), keep_unused=True).trace(
         setup.state.params, weights, prompt_len, carry, key)
@@ -163,7 +166,8 @@ def estimate(config, setup=None, seed: int = 0) -> DecodeEstimate:
   chip = setup.topology.chip
   step_s, step_lb_s, fits = {}, {}, {}
   for kind, n in (("static", s.rows), ("continuous", slots)):
-    reports = [step_time(setup, n, f) for f in FILLS]
+    reports = [step_time(setup, n, f, lockstep=kind == "static")
+               for f in FILLS]
     fits[kind] = all(rep.fits for rep in reports)
     step_s[kind] = {f: (rep.roofline.seconds if rep.roofline else float("nan"))
                     for f, rep in zip(FILLS, reports)}
