@@ -72,7 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.study = ml_collections.ConfigDict(dict(
       methods="grpo,clip_cov" if a.runlocal else ",".join(VARIANTS),
       seeds=",".join(str(s) for s in range(1 if a.runlocal else a.seeds)),
-      workers=0, final_fraction=0.1))
+      workers=0, final_fraction=0.1,
+      # One 0.5B run at a time fills a slice; replicas are for small policies.
+      vectorize=False))
   c.variants = ml_collections.ConfigDict(
       {name: variant(name) for name in VARIANTS})
   return c

@@ -92,7 +92,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      else ",".join(VARIANTS))
   c.study.seeds = ",".join(str(s) for s in range(1 if a.runlocal
                                                  else a.seeds))
-  # Runs in parallel subprocesses (0 = sequentially in this process).
+  # Runs that differ only in seed and hyperparameters (one method's seeds,
+  # GRPO and clip-higher, the α values of one bonus) run as replicas of one
+  # program (jaxrl_ent/train/replicas.py); False = one run at a time.
+  c.study.vectorize = True
+  # Without vectorize: runs in parallel subprocesses (0 = sequentially in
+  # this process).
   c.study.workers = 0 if a.runlocal else a.workers
   # The share of steps at the end over which "final entropy" is averaged.
   c.study.final_fraction = 0.1

@@ -35,11 +35,13 @@ from jaxrl_ent.aot import hlo
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decoder
 from jaxrl_ent.models import hf_io
+from jaxrl_ent.rl import hparams as hparams_lib
+from jaxrl_ent.rl import state as state_lib
 from jaxrl_ent.rl import train_step as ts
+from jaxrl_ent.rl import update as update_lib
 from jaxrl_ent.rollout import sampler
 from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import factories
-from jaxrl_ent.rl import state as state_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MODEL_FIELDS = ("model_type", "vocab_size", "hidden_size",
@@ -167,15 +169,19 @@ def build_setup(config, devices=None) -> Setup:
         f"{model_cfg.max_position_embeddings} tokens.")
 
   loss_cfg = factories.make_loss_config(config.loss)
-  optimizer, controller = factories.make_train_transforms(config)
+  # The trainer's state and transforms (`rl.update.init_state`), with the
+  # run's hyperparameters as concrete values, placed by the one sharding
+  # helper the trainer uses.
+  spec = factories.update_spec(config)
+  hparams = hparams_lib.as_hparams(factories.initial_hparams(config))
+  optimizer = hparams_lib.optimizer(spec.optimizer, hparams, 0)
+  controller = hparams_lib.controller(spec.controller, hparams, 0)
   graphdef, abs_model = hf_io.abstract_model(model_cfg)
   graphdef, params, rest = state_lib.split_model(nnx.merge(graphdef,
                                                            abs_model))
   abs_state = jax.eval_shape(
-      lambda p: state_lib.create(p, optimizer, controller), params)
-  # AdamW moments are Param-typed copies of the params (same logical axes),
-  # so one call shards params and optimizer state alike; counters replicate.
-  shardings = sharding.state_shardings(abs_state, mesh, rules)
+      lambda p: update_lib.init_state(spec, p, hparams), params)
+  shardings = sharding.train_state_shardings(abs_state, mesh, rules)
   state = checkpoint.abstract_like(abs_state, shardings)
   return Setup(config=config, topology=topology, mesh=mesh, rules=rules,
                model_cfg=model_cfg, graphdef=graphdef, rest=rest, state=state,

@@ -58,6 +58,9 @@ def expand(config, workdir) -> list[RunSpec]:
   except ValueError as e:
     raise StudyConfigError(f"study.seeds={s.seeds!r}: expected integers."
                            ) from e
+  if not isinstance(s.get("vectorize", False), bool):
+    raise StudyConfigError(f"study.vectorize={s.vectorize!r}: must be True "
+                           "or False.")
   if int(s.workers) < 0:
     raise StudyConfigError(f"study.workers={s.workers}: must be ≥ 0 "
                            "(0 runs sequentially in-process).")

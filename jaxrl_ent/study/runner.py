@@ -12,7 +12,13 @@ Compiled programs are shared through JAX's persistent compilation cache in
 programs have the same shapes, and seeds of one method share the train
 step, so after the first run most programs load instead of compiling.
 
-With `study.workers > 0` runs go to that many subprocesses
+With `study.vectorize`, runs that share structure (they differ only in seed
+and hyperparameters: one method's seeds, GRPO and clip-higher, α values of
+one bonus) run as replicas of one program (`train/replicas.py`: stacked
+states, one vmapped rollout and update per step), each writing its own run
+directory as above; the groups run one after another in this process.
+
+Otherwise, with `study.workers > 0` runs go to that many subprocesses
 (`python -m jaxrl_ent.study.worker <run_dir>`, output in `<run_dir>/log.txt`):
 a failed run is reported and the others go on. SIGTERM stops launching,
 forwards the signal (each run saves a checkpoint and exits) and returns.
@@ -141,6 +147,55 @@ def _run_in_process(spec: plan.RunSpec) -> RunResult:
   return RunResult(spec, status, wall_time(spec.run_dir))
 
 
+def groups_of(specs) -> list[list[plan.RunSpec]]:
+  """Runs that share structure (differ only in seed and hyperparameters,
+  e.g. GRPO and clip-higher, or one method's seeds), in first-seen order."""
+  from jaxrl_ent.train import replicas  # pylint: disable=g-import-not-at-top
+  groups = {}
+  for spec in specs:
+    groups.setdefault(replicas.structure_key(spec.config), []).append(spec)
+  return list(groups.values())
+
+
+def _run_group_in_process(specs, workdir, index: int) -> list[RunResult]:
+  """One program for a group of runs: each a replica writing its own
+  `run_dir`, as the separate run would (`train/replicas.py`)."""
+  from jaxrl_ent.train import replicas  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
+  if len(specs) == 1:
+    return [_run_in_process(specs[0])]
+  base = specs[0].config
+  warm = [(pathlib.Path(workdir) / "sft" / f"seed{s.seed}"
+           if not s.config.model_path and s.config.sft.steps > 0 else None)
+          for s in specs]
+  reps = replicas.as_replicas(
+      base, [s.config for s in specs],
+      [f"{s.method}/seed{s.seed}" for s in specs],
+      [s.run_dir for s in specs], warm)
+  for spec in specs:
+    _write_config(spec)
+  start = time.perf_counter()
+  try:
+    summary = rl_loop.train_and_evaluate(
+        base, pathlib.Path(workdir) / "groups" / str(index), replicas=reps)
+  except Exception as e:  # pylint: disable=broad-except
+    _LOG.exception("group %s failed", [r.name for r in reps])
+    share = (time.perf_counter() - start) / len(specs)
+    for spec in specs:
+      add_wall_time(spec.run_dir, share)
+    return [RunResult(s, "failed", wall_time(s.run_dir),
+                      f"{type(e).__name__}: {e}") for s in specs]
+  # One program ran them all: each run is charged an equal share.
+  share = (time.perf_counter() - start) / len(specs)
+  out = []
+  for spec, rep in zip(specs, reps):
+    add_wall_time(spec.run_dir, share)
+    status = ("stopped" if "preempted_at" in summary["replicas"][rep.name]
+              else "done")
+    out.append(RunResult(spec, status, wall_time(spec.run_dir)))
+  return out
+
+
 def _tail(path, lines: int = 15) -> str:
   try:
     return "\n".join(pathlib.Path(path).read_text(
@@ -185,7 +240,18 @@ def run_study(config, workdir, *, progress: bool = True) -> list[RunResult]:
   try:
     if todo:
       prepare_warm_starts(todo, workdir)
-    if workers == 0:
+    if config.study.get("vectorize", False):
+      # Runs that share structure are replicas of one program; the groups
+      # run one after another, in this process.
+      for i, group in enumerate(groups_of(todo)):
+        if stop.is_set:
+          break
+        bar.set_postfix_str(f"{group[0].method}/seed{group[0].seed} "
+                            f"+{len(group) - 1}")
+        for result in _run_group_in_process(group, workdir, i):
+          results[(result.spec.method, result.spec.seed)] = result
+          bar.update()
+    elif workers == 0:
       for spec in todo:
         if stop.is_set:
           break

@@ -18,6 +18,7 @@ is shared, which is what lets them share a program.
 
 import dataclasses
 import itertools
+import json
 import pathlib
 
 import jax
@@ -28,10 +29,17 @@ from jaxrl_ent.train import factories
 
 @dataclasses.dataclass(frozen=True)
 class Replica:
-  """One run of a sweep: `name` (its directory), `seed`, hparam overrides."""
+  """One run of a sweep: `name`, `seed`, hparam overrides of the base config.
+
+  `dir` / `warm_dir` place its run directory and warm-start cache
+  elsewhere than `<workdir>/replicas/<name>` / `<workdir>/warm_start/seed<k>`
+  (the study puts runs at `runs/<method>/seed<k>`).
+  """
   name: str
   seed: int
   overrides: tuple[tuple[str, float], ...] = ()
+  dir: str | None = None
+  warm_dir: str | None = None
 
   def config(self, config):
     """The run's config as a single run would have it."""
@@ -116,14 +124,53 @@ def plan(config) -> list[Replica] | None:
 
 def run_dir(workdir, replica: Replica | None) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
-  return workdir if replica is None else workdir / "replicas" / replica.name
+  if replica is None:
+    return workdir
+  return (pathlib.Path(replica.dir) if replica.dir
+          else workdir / "replicas" / replica.name)
 
 
 def warm_start_dir(workdir, replica: Replica | None) -> pathlib.Path:
   """Where a replica's warm start is cached: shared by replicas of a seed."""
   workdir = pathlib.Path(workdir)
-  return (workdir if replica is None
+  if replica is None:
+    return workdir
+  return (pathlib.Path(replica.warm_dir) if replica.warm_dir
           else workdir / "warm_start" / f"seed{replica.seed}")
+
+
+def structure_key(config) -> str:
+  """Equal for configs that differ only in seed and hyperparameters, i.e.
+  that can run as replicas of one program."""
+  d = config.to_dict()
+  d.pop("seed", None)
+  d.pop("sweep", None)
+  for key in factories.initial_hparams(config):
+    block, field = key.split(".", 1)
+    d.get(block, {}).pop(field, None)
+  return json.dumps(d, sort_keys=True, default=str)
+
+
+def as_replicas(base, configs, names, dirs, warm_dirs) -> list[Replica]:
+  """Replicas of `base` that reproduce `configs` exactly (same structure).
+
+  Raises:
+    ValueError: a config differs from `base` in more than seed and
+      hyperparameters.
+  """
+  base_hp = factories.initial_hparams(base)
+  key = structure_key(base)
+  out = []
+  for config, name, d, w in zip(configs, names, dirs, warm_dirs):
+    if structure_key(config) != key:
+      raise ValueError(f"{name}: differs from the group's base in more than "
+                       "seed and hyperparameters; it cannot be a replica.")
+    hp = factories.initial_hparams(config)
+    overrides = tuple((k, v) for k, v in sorted(hp.items())
+                      if v != base_hp[k])
+    out.append(Replica(name=name, seed=int(config.seed), overrides=overrides,
+                       dir=str(d), warm_dir=str(w) if w else None))
+  return out
 
 
 def stack(trees):

@@ -137,16 +137,17 @@ def _restore(runs, abstract, mesh, config):
   return states, step
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, replicas=None) -> dict:
   """Runs GRPO/PPO as `config` says; returns the run summary (also written
-  to `<workdir>/summary.json`). With `config.sweep`, the summary holds one
-  entry per replica under `replicas`."""
+  to `<workdir>/summary.json`). With `config.sweep` (or an explicit list of
+  `replicas.Replica` of `config`, as the study passes), the summary holds
+  one entry per replica under `replicas`."""
   # Join the other hosts first: validation counts devices and processes.
   distributed.maybe_initialize(config)
   # Every config mistake in one error, before the policy, the warm start or
   # any compilation (and before the workdir is created).
   validate.validate_config(config)
-  plan = replicas_lib.plan(config)
+  plan = replicas_lib.plan(config) if replicas is None else list(replicas)
   stacked = plan is not None
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

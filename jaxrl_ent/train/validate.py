@@ -72,9 +72,9 @@ _MAX_TOKENIZER_VOCAB = 1 << 20
 
 ENTROPY_METHODS = getattr(factories, "ENTROPY_METHODS", ())
 ANNEALS = getattr(factories, "ANNEALS", ())
-# The methods whose coefficient `factories.anneal` schedules.
+# The methods whose coefficient `rl.hparams.annealed` schedules.
 ANNEALED_METHODS = ("entropy_bonus", "clip_cov", "kl_cov")
-# entropy.<field> -> the methods that read it (factories.make_controller).
+# entropy.<field> -> the methods that read it (rl.hparams.controller).
 ENTROPY_READERS = {
     "coef": ("entropy_bonus", "kl_cov"),
     "ratio": ("clip_cov", "kl_cov"),
@@ -329,7 +329,7 @@ def _check_entropy(c: _Checker):
   method = c.str_("entropy.method", choices=ENTROPY_METHODS or None)
   anneal = c.str_("entropy.anneal", choices=ANNEALS or None, required=False)
   fn_ok = anneal in (_MISSING, "constant")  # Only then may a base be a fn.
-  # `factories.anneal` multiplies the base value, so it must be a number.
+  # `rl.hparams.annealed` multiplies the base value, so it must be a number.
   no_fn = "" if fn_ok else (f" (entropy.anneal={anneal!r} scales a number; "
                             "give a schedule only with anneal='constant')")
   req = lambda *methods: method in methods

@@ -72,6 +72,42 @@ class CompareTest(absltest.TestCase):
     again = json.loads(open(os.path.join(workdir, "study.json")).read())
     self.assertEqual(again["methods"], study["methods"])
 
+  def test_vectorised_groups_equal_one_run_at_a_time(self):
+    """GRPO and clip-higher × 2 seeds share structure: one program of four
+    replicas; each run directory matches the run made on its own."""
+    from configs import compare_tiny  # pylint: disable=g-import-not-at-top
+    from jaxrl_ent.study import runner  # pylint: disable=g-import-not-at-top
+    from jaxrl_ent.train import metrics  # pylint: disable=g-import-not-at-top
+    root = self.create_tempdir().full_path
+    for vectorize in (True, False):
+      config = compare_tiny.get_config("runlocal")
+      config.study.methods = "grpo,clip_higher"
+      config.study.seeds = "0,1"
+      config.study.vectorize = vectorize
+      config.base.reward.backend = "inline"
+      config.base.reward.spec = launcher_testlib.LENGTH_REWARD
+      config.base.sft.steps = 0
+      results = runner.run_study(config, f"{root}/{vectorize}",
+                                 progress=False)
+      self.assertEqual([r.status for r in results], ["done"] * 4)
+    # Only the vectorised study ran a group program.
+    self.assertTrue(os.path.isdir(f"{root}/True/groups/0"))
+    self.assertFalse(os.path.exists(f"{root}/False/groups"))
+    for method in ("grpo", "clip_higher"):
+      for seed in (0, 1):
+        got, want = (metrics.read_jsonl(f"{root}/{m}/runs/{method}/seed{seed}")
+                     for m in (True, False))
+        self.assertEqual([r["step"] for r in got], [0, 1, 2])
+        for g, w in zip(got, want):
+          self.assertEqual(sorted(g), sorted(w))
+          for k, v in w.items():
+            if k.startswith("perf/") or k.endswith("_seconds"):
+              continue
+            self.assertAlmostEqual(g[k], v, delta=1e-5 + 1e-5 * abs(v),
+                                   msg=f"{method}/seed{seed} {k}")
+    # clip-higher really ran with its own clip range.
+    rows = metrics.read_jsonl(f"{root}/True/runs/clip_higher/seed0")
+    self.assertIn("actor/pg_clipfrac", rows[-1])
 
 if __name__ == "__main__":
   absltest.main()

@@ -122,7 +122,10 @@ def test_qwen_study_config_expands_and_every_controller_builds(tmp_path):
   runs = plan.expand(c, tmp_path)
   assert len(runs) == len(compare_qwen2_5_0_5b.VARIANTS) * 3
   for run in runs[::3]:
-    factories.make_controller(run.config.entropy, updates_per_step=4)
+    factories.make_controller(run.config.entropy).init(None)
+    # And the whole update's structure and hyperparameters.
+    factories.update_spec(run.config)
+    factories.initial_hparams(run.config)
     assert run.config.loss.clip_eps_high == (
         0.28 if run.method == "clip_higher" else 0.2)
   by = {r.method: r.config for r in runs}
