@@ -247,7 +247,11 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
                   top_p=config.rollout.top_p, top_k=config.rollout.top_k,
                   n_samples=group, return_entropy=True,
                   stop_token_ids=[tokenizer.eos_token_id],
-                  pad_id=tokenizer.pad_token_id or 0)
+                  pad_id=tokenizer.pad_token_id or 0,
+                  # Continuous batching over the prompt queue (same
+                  # completions as the static batch for the same keys).
+                  continuous=bool(config.rollout.get("continuous", False)),
+                  num_slots=int(config.rollout.get("num_slots", 0)))
   if stacked:
     gen = _stacked_generate(graphdef, rest, sampler.SamplingParams(
         **{**sampling, "stop_token_ids": tuple(sampling["stop_token_ids"]),
