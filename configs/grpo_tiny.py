@@ -60,7 +60,8 @@ def entropy_config(preset: str = "none") -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, entropy="none", runlocal=False, steps=0, seed=0)
+  a = common.parse_arg(arg, entropy="none", runlocal=False, steps=0, seed=0,
+                       optim="adamw", b1=-1.0, wd=-1.0, lr_div=1.0)
   c = ml_collections.ConfigDict()
   c.seed = a.seed
   c.model_path = ""
@@ -126,7 +127,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup_steps=0, schedule="constant", weight_decay=0.0,
-      b1=0.9, b2=0.999, grad_clip=1.0))
+      b1=0.9, b2=0.999, grad_clip=1.0, name="adamw"))
+  # Optimizer ablations of the entropy-dynamics docs (docs/entropy_dynamics.md):
+  # :optim=sgd (clip → SGD, lr 1.0 here), :b1=0, :wd=0.01, :lr_div=10.
+  c.optim.name = a.optim
+  if a.optim == "sgd":
+    c.optim.lr = 1.0
+  if a.b1 >= 0:
+    c.optim.b1 = a.b1
+  if a.wd >= 0:
+    c.optim.weight_decay = a.wd
+  c.optim.lr = c.optim.lr / a.lr_div
 
   c.train = ml_collections.ConfigDict(dict(
       steps=400, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,

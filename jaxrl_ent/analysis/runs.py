@@ -35,7 +35,7 @@ VAL_ACC_KEY = "val/greedy_acc"
 # at temperature 1), and the mean over the update's forward passes.
 ENTROPY_KEYS = ("actor/entropy_before_update", "rollout/entropy",
                 "actor/entropy")
-PRED_DH_KEY = "entropy/pred_dH/total"
+PRED_DH_KEY = "entropy/dH_pred_tabular/total"
 MEASURED_DH_KEY = "entropy/measured_dH"
 COVARIANCE_KEY = "entropy/covariance"
 
@@ -92,7 +92,7 @@ class Run:
       metadata could be read.
     method: `config.entropy.method`; else summary.json's `entropy_method`
       (rl_loop does not write one today); else inferred from the
-      `entropy/pred_dH/<stage>` metric names; else "unknown".
+      `entropy/dH_pred_tabular/<stage>` metric names; else "unknown".
     method_source: "config", "summary", "metrics" or "unknown".
   """
   name: str
@@ -236,9 +236,9 @@ def load_config(workdir) -> dict | None:
 
 
 def _method_from_metrics(keys: Sequence[str]) -> str | None:
-  # rl_loop's attributed chain logs entropy/pred_dH/<stage> per controller
+  # rl_loop's attributed chain logs entropy/dH_pred_tabular/<stage> per controller
   # stage; stage names are the method names (train.factories).
-  prefix = "entropy/pred_dH/"
+  prefix = "entropy/dH_pred_tabular/"
   sources = [k[len(prefix):] for k in keys if k.startswith(prefix)]
   if not sources:
     return None
@@ -448,7 +448,7 @@ def pearson(x, y) -> tuple[float, int]:
 def dh_pairs(run: Run):
   """`(steps, predicted ΔH, measured ΔH)` at steps logging both, or None.
 
-  The prediction (`entropy/pred_dH/total`) is first order at unit logit step
+  The prediction (`entropy/dH_pred_tabular/total`) is first order at unit logit step
   size (`entropy.controllers.track_entropy_dynamics`), while the measurement
   is the actual change after the optimizer step, so their scales differ by
   roughly the effective logit step; compare them by correlation.

@@ -35,6 +35,7 @@ ENTROPY_METHODS = ("none", "entropy_bonus", "clip_cov", "kl_cov",
                    "high_entropy_tokens", "adaptive_entropy", "steer", "aent")
 ANNEALS = ("constant", "linear", "cosine", "inverse_power")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "sgd")
 
 # The `config.entropy` fields each method reads as (sweepable) coefficients.
 ENTROPY_HPARAMS = {
@@ -58,9 +59,12 @@ OPTIM_HPARAMS = ("lr", "b1", "b2", "eps", "weight_decay")
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
-  """Static structure of clip → AdamW (values live in the hparams).
+  """Static structure of clip → AdamW or SGD (values live in the hparams).
 
   Attributes:
+    kind: one of `OPTIMIZERS`: `adamw` (clip → Adam → decoupled weight decay
+      → lr, optax `adamw`) or `sgd` (clip → decoupled weight decay → lr, no
+      momentum; `optim.b1/b2/eps` are then unused).
     schedule: learning-rate schedule kind, one of `LR_SCHEDULES`.
     warmup_steps: linear warm-up, in RL steps.
     total_steps: RL steps of the run (the decay horizon).
@@ -72,6 +76,7 @@ class OptimizerSpec:
   total_steps: int = 1
   end_fraction: float = 0.0
   clip: bool = True
+  kind: str = "adamw"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +143,27 @@ def optimizer(spec: OptimizerSpec, hp: Mapping[str, jax.Array], step):
   """
   parts = ([optax.clip_by_global_norm(hp["optim.grad_clip"])]
            if spec.clip else [])
-  parts.append(optax.adamw(
-      learning_rate=lr_at(spec, hp["optim.lr"], step), b1=hp["optim.b1"],
-      b2=hp["optim.b2"], eps=hp["optim.eps"],
-      weight_decay=hp["optim.weight_decay"]))
+  lr = lr_at(spec, hp["optim.lr"], step)
+  if spec.kind == "adamw":
+    parts.append(optax.adamw(
+        learning_rate=lr, b1=hp["optim.b1"], b2=hp["optim.b2"],
+        eps=hp["optim.eps"], weight_decay=hp["optim.weight_decay"]))
+  elif spec.kind == "sgd":
+    parts += [optax.add_decayed_weights(hp["optim.weight_decay"]),
+              optax.scale_by_learning_rate(lr)]
+  else:
+    raise ValueError(f"optim.name={spec.kind!r}; allowed: {OPTIMIZERS}.")
   return optax.chain(*parts)
+
+
+def optimizer_values(spec: OptimizerSpec, hp: Mapping[str, jax.Array], step):
+  """The scalars `optimizer(spec, hp, step)` applies, for the exact ΔH split
+  (`entropy.exact_dynamics`): lr, b1, b2, eps, weight_decay, grad_clip
+  (None when clipping is off)."""
+  return {"lr": jnp.asarray(lr_at(spec, hp["optim.lr"], step), _F32),
+          "b1": hp["optim.b1"], "b2": hp["optim.b2"], "eps": hp["optim.eps"],
+          "weight_decay": hp["optim.weight_decay"],
+          "grad_clip": hp["optim.grad_clip"] if spec.clip else None}
 
 
 def annealed(spec: ControllerSpec, value, hp: Mapping[str, jax.Array], step):

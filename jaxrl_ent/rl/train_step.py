@@ -163,15 +163,28 @@ def _split_micro(batch: RLBatch, m: int) -> RLBatch:
                       batch)
 
 
+SOURCES = ("pg", "kl", "controller")
+
+
 def micro_batch_grads(graphdef, rest, loss_cfg: LossConfig, controller,
                       params, ctrl_state, micro: RLBatch, key, *,
-                      policy_kwargs=None, kl_coef=None, **extra_args):
+                      policy_kwargs=None, kl_coef=None, sources=(),
+                      **extra_args):
   """Steps 1–4 of DESIGN.md §1 on one micro-batch.
 
+  With `sources` (names from `SOURCES`), the token cotangent is also split
+  by where it came from — `pg` the policy loss, `kl` the KL term (the input
+  cotangent minus `pg`), `controller` the chain's change (its output minus
+  its input) — and each part is pulled back on its own (one extra backward
+  per source, vmapped). The parts telescope to the cotangent that is
+  actually pulled back, so their parameter gradients sum to `grads` up to
+  float rounding (the exact ΔH attribution, `entropy.exact_dynamics`).
+
   Returns:
-    (param grads, controller state after the chain, metrics). `controller`
-    must support extra args (`optax.with_extra_args_support`); `extra_args`
-    reach it (e.g. `measured_entropy`).
+    (param grads, controller state after the chain, metrics); with
+    `sources`, the first item is `(grads, {name: grads_of_that_source})`.
+    `controller` must support extra args (`optax.with_extra_args_support`);
+    `extra_args` reach it (e.g. `measured_entropy`).
   """
   def stats_fn(p):
     model = nnx.merge(graphdef, p, rest)
@@ -194,6 +207,26 @@ def micro_batch_grads(graphdef, rest, loss_cfg: LossConfig, controller,
   zeros = jnp.zeros_like(stats.logp)
   (grads,) = pullback(types.TokenStats(logp=g.logp, entropy=g.entropy,
                                        m2=zeros, m3=zeros))
+  if sources:
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+      raise ValueError(f"unknown gradient sources {sorted(unknown)}; "
+                       f"allowed: {SOURCES}.")
+    g_pg_logp = jax.grad(lambda lp: loss_fn(lp, stats.entropy)[1][
+        "actor/pg_loss"])(stats.logp)
+    parts = {
+        "pg": (g_pg_logp, jnp.zeros_like(g_ent)),
+        "kl": (g_logp - g_pg_logp, g_ent),
+        "controller": (g.logp - g_logp, g.entropy - g_ent),
+    }
+    cot = types.TokenStats(
+        logp=jnp.stack([parts[n][0] for n in sources]),
+        entropy=jnp.stack([parts[n][1] for n in sources]),
+        m2=jnp.zeros((len(sources),) + zeros.shape, zeros.dtype),
+        m3=jnp.zeros((len(sources),) + zeros.shape, zeros.dtype))
+    (src_grads,) = jax.vmap(pullback)(cot)
+    grads = (grads, {n: jax.tree.map(lambda x, i=i: x[i], src_grads)
+                     for i, n in enumerate(sources)})
   # `actor/loss` is the policy loss (+ KL); the controllers' changes act on
   # its cotangent and are reported under `entropy/*`.
   metrics = dict(metrics)
@@ -221,9 +254,14 @@ def accumulate_micro_batches(grad_fn, params, ctrl_state, batch: RLBatch,
     grads_acc = jax.tree.map(lambda a, g: a + g / m, grads_acc, grads)
     return (grads_acc, ctrl), metrics
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
+  micros = _split_micro(batch, m)
+  # The gradient tree may carry more than `params` (per-source gradients).
+  shapes = jax.eval_shape(
+      lambda: grad_fn(params, ctrl_state,
+                      jax.tree.map(lambda x: x[0], micros), key)[0])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
   (grads, ctrl_state), metrics = jax.lax.scan(
-      body, (zeros, ctrl_state), (_split_micro(batch, m), jnp.arange(m)))
+      body, (zeros, ctrl_state), (micros, jnp.arange(m)))
   return grads, ctrl_state, metrics
 
 
@@ -288,7 +326,8 @@ def make_train_step(graphdef, rest, optimizer, controller,
 def controller_metrics(ctrl_state) -> dict[str, jax.Array]:
   """Flat `entropy/...` metrics from a controller chain state.
 
-  An `attributed_chain` state gives `entropy/pred_dH/<source>`; every other
+  An `attributed_chain` state gives `entropy/dH_pred_tabular/<source>` (the
+  tabular prediction at unit logit step, DESIGN.md §4); every other
   stage contributes its scalar state fields (coefficients, fractions touched)
   as `entropy/<stage>/<field>`.
   """
@@ -298,7 +337,7 @@ def controller_metrics(ctrl_state) -> dict[str, jax.Array]:
     if any(k.startswith("dH:") for k, _ in items):
       for source, value in controllers.entropy_change_by_source(
           ctrl_state).items():
-        out[f"entropy/pred_dH/{source}"] = value
+        out[f"entropy/dH_pred_tabular/{source}"] = value
       tracker = ctrl_state.get("dH:input")
       if tracker is not None:
         out["entropy/covariance"] = tracker.covariance

@@ -10,7 +10,15 @@ does everything after scoring inside one jit:
      (`train_step.micro_batch_grads`: vjp → loss cotangent → controller chain
      → one backward), then the optimizer with the finiteness guard;
   3. optionally (static `measure`) the same batch re-scored after the update,
-     for the measured entropy change;
+     for the measured entropy change, beside the exact first-order
+     prediction `⟨∂H/∂θ, Δθ⟩` of the realised step and its split by source
+     through the optimizer (`entropy.exact_dynamics`, DESIGN.md §4): each
+     micro-batch's cotangent is pulled back once more per source, the
+     optimizer's update is split with the realised clip factor and second
+     moment, and every part is contracted with ∂(mean H)/∂θ at θ_before
+     through the chunked token statistics (`exact_dynamics.entropy_grad_dot`:
+     reverse mode, as the attention kernels have no JVP rule; the forward-
+     mode `entropy_jvp` gives per-token values where the model allows). Off `measure` steps none of it is traced;
   4. the metrics (verl names).
 
 Every sweepable coefficient is read from `state.hparams` (`rl.hparams`), so
@@ -37,6 +45,7 @@ from flax import nnx
 from flax import struct
 
 from jaxrl_ent.entropy import covariance
+from jaxrl_ent.entropy import exact_dynamics
 from jaxrl_ent.rl import advantages as advantages_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import kl
@@ -124,6 +133,81 @@ def _masked_mean(x, mask):
   return covariance.masked_mean(x, mask)
 
 
+def _stats_fn(graphdef, rest, loss_cfg, batch: ts.RLBatch, params):
+  """Differentiable token statistics of `batch` (the loss's chunked path)."""
+  model = nnx.merge(graphdef, params, rest)
+  return ts.completion_stats(
+      model, batch, temperature=loss_cfg.temperature,
+      token_chunk=loss_cfg.token_chunk, vocab_chunk=loss_cfg.vocab_chunk)
+
+
+def _sources(spec: UpdateSpec) -> tuple[str, ...]:
+  """Gradient sources of the exact ΔH split (`train_step.SOURCES`)."""
+  out = ("pg",)
+  if spec.loss.kl_coef > 0:
+    out += ("kl",)
+  if spec.controller.method != "none":
+    out += ("controller",)
+  return out
+
+
+def _source_name(spec: UpdateSpec, source: str) -> str:
+  return spec.controller.method if source == "controller" else source
+
+
+def _attribute(acc, src_grads, sources, params_prev, opt_state, finite,
+               grad_norm, opt_values, adamw):
+  """One optimizer update's split by source, added to `acc`."""
+  g_s = jax.tree.map(lambda *xs: jnp.stack(xs).astype(jnp.float32),
+                     *[src_grads[name] for name in sources])
+  c = exact_dynamics.clip_factor(grad_norm, opt_values["grad_clip"])
+  if adamw:
+    return exact_dynamics.adamw_step_by_source(
+        acc, g_s, params_prev, optax.tree_utils.tree_get(opt_state, "nu"),
+        optax.tree_utils.tree_get(opt_state, "count"), lr=opt_values["lr"],
+        b1=opt_values["b1"], b2=opt_values["b2"], eps=opt_values["eps"],
+        weight_decay=opt_values["weight_decay"], c=c, applied=finite)
+  return exact_dynamics.sgd_step_by_source(
+      acc, g_s, params_prev, lr=opt_values["lr"],
+      weight_decay=opt_values["weight_decay"], c=c, applied=finite)
+
+
+def _exact_metrics(stats_fn, params_before, params_after, acc, sources,
+                   adamw, mask, measured, spec):
+  """`entropy/dH_pred_exact/*` and `entropy/dH_residual` (DESIGN.md §4).
+
+  `total` is along the realised `θ_after − θ_before`; the sources (one per
+  gradient source, `momentum` for what the carried first moment moved,
+  `weight_decay`) are along the split of the summed updates, so
+  `unattributed = total − Σ sources` is only the float rounding of
+  `θ + Δθ` (and 0 up to it).
+  """
+  delta = jax.tree.map(
+      lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32),
+      params_after, params_before)
+  parts = [delta]
+  names = ["total"]
+  if acc is not None:
+    parts += [jax.tree.map(lambda x, i=i: x[i], acc["d_src"])
+              for i in range(len(sources))]
+    names += [_source_name(spec, s) for s in sources]
+    if adamw:
+      parts.append(acc["d_carried"])
+      names.append("momentum")
+    parts.append(acc["d_wd"])
+    names.append("weight_decay")
+  tangents = jax.tree.map(
+      lambda p, *xs: jnp.stack(xs).astype(p.dtype), params_before, *parts)
+  pred = exact_dynamics.entropy_grad_dot(stats_fn, params_before, tangents,
+                                         mask)
+  out = {f"entropy/dH_pred_exact/{name}": pred[i]
+         for i, name in enumerate(names)}
+  if acc is not None:
+    out["entropy/dH_pred_exact/unattributed"] = pred[0] - jnp.sum(pred[1:])
+  out["entropy/dH_residual"] = measured - pred[0]
+  return out
+
+
 def make_update(graphdef, rest, spec: UpdateSpec):
   """`update(state, batch, key, ref_params=None, *, measure=False)`.
 
@@ -187,10 +271,13 @@ def make_update(graphdef, rest, spec: UpdateSpec):
                 else _masked_mean(before.entropy, mask))
     policy_kwargs = {k: hp[h] for k, h in spec.policy_hparams}
     kl_coef = hp.get("loss.kl_coef") if spec.loss.kl_coef > 0 else None
+    sources = _sources(spec) if measure else ()
     grad_fn = functools.partial(
         ts.micro_batch_grads, graphdef, rest, spec.loss, controller,
-        policy_kwargs=policy_kwargs, kl_coef=kl_coef,
+        policy_kwargs=policy_kwargs, kl_coef=kl_coef, sources=sources,
         measured_entropy=measured)
+    opt_values = hparams_lib.optimizer_values(spec.optimizer, hp, step)
+    adamw = spec.optimizer.kind == "adamw"
 
     # 2. Epochs × mini-batches, each epoch a fresh permutation of the rows.
     perms = jax.vmap(lambda i: jax.random.permutation(
@@ -199,27 +286,36 @@ def make_update(graphdef, rest, spec: UpdateSpec):
     ctrl0 = state.ctrl_state
 
     def mini_batch(carry, j):
-      params, opt_state, ctrl, skipped = carry
+      params, opt_state, ctrl, skipped, acc = carry
       idx = jax.lax.dynamic_slice_in_dim(perms[j // n], (j % n) * mb_rows,
                                          mb_rows)
       mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), full)
       grads, ctrl_out, mb_metrics = ts.accumulate_micro_batches(
           lambda p, _, micro, k: grad_fn(p, ctrl0, micro, k), params, ctrl0,
           mb, m, jax.random.fold_in(key_train, j))
+      if sources:
+        grads, src_grads = grads
       mb_metrics = jax.tree.map(jnp.mean, mb_metrics)
+      params_prev = params
       params, opt_state, finite, grad_norm = ts.guarded_apply(
           optimizer, grads, opt_state, params, mb_metrics["actor/loss"])
+      if sources:
+        acc = _attribute(acc, src_grads, sources, params_prev, opt_state,
+                         finite, grad_norm, opt_values, adamw)
       mb_metrics["actor/grad_norm"] = grad_norm
       mb_metrics["train/update_finite"] = finite.astype(jnp.float32)
       mb_metrics.update(ts.controller_metrics(ctrl_out))
       ctrl = jax.tree.map(lambda a, b: jnp.where(finite, a, b), ctrl_out,
                           ctrl)
       return (params, opt_state, ctrl,
-              skipped + (~finite).astype(jnp.int32)), mb_metrics
+              skipped + (~finite).astype(jnp.int32), acc), mb_metrics
 
-    (params, opt_state, ctrl_state, skipped), mb_metrics = jax.lax.scan(
-        mini_batch, (state.params, state.opt_state, ctrl0, state.skipped),
-        jnp.arange(e * n))
+    acc0 = (exact_dynamics.init_attribution(
+        state.params, optax.tree_utils.tree_get(state.opt_state, "mu")
+        if adamw else None, len(sources)) if sources else None)
+    (params, opt_state, ctrl_state, skipped, acc), mb_metrics = jax.lax.scan(
+        mini_batch, (state.params, state.opt_state, ctrl0, state.skipped,
+                     acc0), jnp.arange(e * n))
     new_state = state.replace(step=step + 1, params=params,
                               opt_state=opt_state, ctrl_state=ctrl_state,
                               skipped=skipped)
@@ -241,6 +337,10 @@ def make_update(graphdef, rest, spec: UpdateSpec):
       after = stats(params, full)
       metrics["entropy/measured_dH"] = (
           _masked_mean(after.entropy, mask) - h_before)
+      metrics.update(_exact_metrics(
+          functools.partial(_stats_fn, graphdef, rest, spec.loss, full),
+          state.params, params, acc, sources, adamw, mask,
+          metrics["entropy/measured_dH"], spec))
     return new_state, metrics
 
   return update

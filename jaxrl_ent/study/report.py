@@ -10,7 +10,7 @@ Per run (from `metrics.jsonl`):
     (entropy, training reward) pairs (`analysis.entropy_law`),
   * tokens touched by the control (see `tokens_touched`),
   * the correlation between the online first-order prediction of the
-    entropy change (`entropy/pred_dH/total`) and the change measured on the
+    entropy change (`entropy/dH_pred_tabular/total`) and the change measured on the
     same batch after the update (`entropy/measured_dH`).
 Methods are reported as mean ± sample std over seeds.
 """

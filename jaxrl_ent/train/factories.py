@@ -81,7 +81,8 @@ def update_spec(config) -> update_lib.UpdateSpec:
       optimizer=hparams_lib.OptimizerSpec(
           schedule=o.schedule, warmup_steps=int(o.warmup_steps),
           total_steps=int(t.steps), end_fraction=float(o.get(
-              "end_fraction", 0.0)), clip=bool(o.grad_clip)),
+              "end_fraction", 0.0)), clip=bool(o.grad_clip),
+          kind=o.get("name", "adamw")),
       controller=controller_spec(e),
       estimator=config.advantage.estimator,
       group_size=int(config.rollout.n_samples),

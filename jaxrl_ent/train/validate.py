@@ -435,6 +435,7 @@ def _check_loss_and_rl(c: _Checker):
   c.num("optim.lr", low=0.0, low_open=True)
   c.int_("optim.warmup_steps", low=0)
   c.str_("optim.schedule", choices=_LR_SCHEDULES)
+  c.str_("optim.name", choices=("adamw", "sgd"), required=False)
   c.num("optim.weight_decay", low=0.0)
   c.num("optim.b1", low=0.0, high=1.0, high_open=True)
   c.num("optim.b2", low=0.0, high=1.0, high_open=True)

@@ -37,9 +37,9 @@ def _write_workdir(root, *, with_config=True):
   for step, (h, score, pdh, mdh, cov, kept) in _STEPS.items():
     rec = {"step": step, "actor/entropy_before_update": h,
            "rollout/entropy": h + 0.01, "actor/entropy": h - 0.01,
-           "critic/score/mean": score, "entropy/pred_dH/input": pdh,
-           "entropy/pred_dH/high_entropy_tokens": 0.0,
-           "entropy/pred_dH/total": pdh, "entropy/measured_dH": mdh,
+           "critic/score/mean": score, "entropy/dH_pred_tabular/input": pdh,
+           "entropy/dH_pred_tabular/high_entropy_tokens": 0.0,
+           "entropy/dH_pred_tabular/total": pdh, "entropy/measured_dH": mdh,
            "entropy/covariance": cov,
            "entropy/high_entropy_tokens/frac_kept": kept,
            "entropy/high_entropy_tokens/threshold": 1.0,

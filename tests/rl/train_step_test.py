@@ -133,11 +133,11 @@ class TrainStepTest(parameterized.TestCase):
     state = state_lib.create(params, opt, controller)
     _, metrics = step(state, batch, jax.random.key(0))
     # The bonus can only push entropy up: its predicted dH is >= 0.
-    self.assertGreater(float(metrics["entropy/pred_dH/entropy_bonus"]), 0.0)
+    self.assertGreater(float(metrics["entropy/dH_pred_tabular/entropy_bonus"]), 0.0)
     np.testing.assert_allclose(
-        float(metrics["entropy/pred_dH/total"]),
-        float(metrics["entropy/pred_dH/input"]) +
-        float(metrics["entropy/pred_dH/entropy_bonus"]), rtol=1e-5)
+        float(metrics["entropy/dH_pred_tabular/total"]),
+        float(metrics["entropy/dH_pred_tabular/input"]) +
+        float(metrics["entropy/dH_pred_tabular/entropy_bonus"]), rtol=1e-5)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ class UpdateTest(parameterized.TestCase):
     self.assertEqual(int(new_state.step), 1)
     self.assertEqual(int(new_state.skipped), 0)
     np.testing.assert_allclose(metrics["actor/lr"], 1e-2, rtol=1e-6)
-    self.assertGreater(float(metrics["entropy/pred_dH/entropy_bonus"]), 0)
+    self.assertGreater(float(metrics["entropy/dH_pred_tabular/entropy_bonus"]), 0)
 
   @parameterized.parameters(("seeds",), ("coefficients",))
   def test_vmap_equals_separate_updates(self, axis):
@@ -149,9 +149,9 @@ class UpdateTest(parameterized.TestCase):
       _close({k: v[i] for k, v in vm.items()}, m)
     if axis == "coefficients":
       # The coefficients really differ: α = 0 adds nothing to dH.
-      self.assertEqual(float(vm["entropy/pred_dH/entropy_bonus"][0]), 0.0)
-      self.assertGreater(float(vm["entropy/pred_dH/entropy_bonus"][2]),
-                         float(vm["entropy/pred_dH/entropy_bonus"][1]))
+      self.assertEqual(float(vm["entropy/dH_pred_tabular/entropy_bonus"][0]), 0.0)
+      self.assertGreater(float(vm["entropy/dH_pred_tabular/entropy_bonus"][2]),
+                         float(vm["entropy/dH_pred_tabular/entropy_bonus"][1]))
 
   def test_traces_once_across_steps_in_a_bucket(self):
     model, graphdef, params, rest = _setup()

@@ -100,8 +100,8 @@ class ReplicasTest(absltest.TestCase):
     # α = 0 really runs without a bonus, α = 0.01 with one.
     rows = {c: metrics_lib.read_jsonl(
         f"{root}/sweep/replicas/seed0-entropy.coef={c:g}")[-1] for c in COEFS}
-    self.assertEqual(rows[0.0]["entropy/pred_dH/entropy_bonus"], 0.0)
-    self.assertGreater(rows[0.01]["entropy/pred_dH/entropy_bonus"], 0.0)
+    self.assertEqual(rows[0.0]["entropy/dH_pred_tabular/entropy_bonus"], 0.0)
+    self.assertGreater(rows[0.01]["entropy/dH_pred_tabular/entropy_bonus"], 0.0)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,14 @@ class TrainSmokeTest(parameterized.TestCase):
     for name in ("actor/entropy", "actor/pg_loss", "actor/pg_clipfrac",
                  "actor/ppo_kl", "actor/grad_norm", "critic/score/mean",
                  "response_length/mean", "perf/throughput",
-                 "entropy/pred_dH/total", "entropy/measured_dH",
+                 "entropy/dH_pred_tabular/total", "entropy/measured_dH",
                  "val/greedy_acc"):
       self.assertIn(name, last)
       self.assertTrue(math.isfinite(last[name]), (name, last[name]))
     self.assertEqual(last["train/skipped_steps"], 0.0)
     if method != "none":
       stage = method.replace("_annealed", "")
-      self.assertIn(f"entropy/pred_dH/{stage}", last)
+      self.assertIn(f"entropy/dH_pred_tabular/{stage}", last)
     with open(f"{workdir}/summary.json") as f:
       self.assertEqual(json.load(f)["steps"], summary["steps"])
 
@@ -65,7 +65,6 @@ class TrainSmokeTest(parameterized.TestCase):
     self.assertGreater(rows[2]["actor/kl_loss"], 0.0)
     self.assertTrue(math.isfinite(rows[2]["critic/kl_in_reward"]))
 
-
   def test_continuous_rollout_trains_like_the_static_batch(self):
     """Continuous batching draws the same completions for the same keys,
     so the whole run matches the static batch's, metric by metric."""
@@ -85,7 +84,6 @@ class TrainSmokeTest(parameterized.TestCase):
       for k, v in a.items():
         if not (k.startswith("perf/") or k.endswith("_seconds")):
           self.assertAlmostEqual(b[k], v, delta=1e-5 + 1e-5 * abs(v), msg=k)
-
 
 
 if __name__ == "__main__":
