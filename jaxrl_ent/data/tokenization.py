@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxrl_ent.data import records as records_lib
+from jaxrl_ent.rollout import padding
 
 OVERLONG_POLICIES = ("skip", "error")
 
@@ -126,47 +127,11 @@ def tokenize_records(records: Sequence[records_lib.PromptRecord], tokenizer, *,
   return kept, len(skipped)
 
 
-def default_buckets(max_length: int, smallest: int = 16) -> tuple[int, ...]:
-  """Powers of two from `smallest` below `max_length`, then `max_length`."""
-  out, b = [], smallest
-  while b < max_length:
-    out.append(b)
-    b *= 2
-  return tuple(out) + (max_length,)
-
-
-def bucket_length(length: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket >= `length`."""
-  for b in sorted(buckets):
-    if b >= length:
-      return b
-  raise ValueError(f"length {length} exceeds the largest bucket "
-                   f"{max(buckets)}")
-
-
-def left_pad(token_lists: Sequence[np.ndarray], buckets: Sequence[int],
-             pad_id: int) -> dict[str, np.ndarray]:
-  """Left-pads to the smallest bucket that fits the longest prompt.
-
-  Args:
-    token_lists: B int token arrays.
-    buckets: allowed padded lengths (static shapes: one program per bucket).
-    pad_id: the padding token id.
-
-  Returns:
-    `tokens` int32 [B, P], `mask` int32 [B, P] (1 on real tokens), and
-    `positions` int32 [B, P] (0 at each row's first real token, 0 on pads).
-  """
-  length = bucket_length(max(len(t) for t in token_lists), buckets)
-  b = len(token_lists)
-  tokens = np.full((b, length), pad_id, np.int32)
-  mask = np.zeros((b, length), np.int32)
-  for i, t in enumerate(token_lists):
-    if len(t):
-      tokens[i, length - len(t):] = t
-      mask[i, length - len(t):] = 1
-  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-  return dict(tokens=tokens, mask=mask, positions=positions)
+# Padding lives with the sampler (`rollout/padding.py`); re-exported here
+# for the prompt pipeline and callers of the old names.
+default_buckets = padding.default_buckets
+bucket_length = padding.bucket_length
+left_pad = padding.left_pad
 
 
 def pad_id_of(tokenizer) -> int:

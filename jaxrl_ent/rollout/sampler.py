@@ -35,9 +35,9 @@ from flax import nnx
 from flax import struct
 
 from jaxrl_ent import sharding
-from jaxrl_ent.data import tokenization
 from jaxrl_ent.models import decode_attention as attention_lib
 from jaxrl_ent.models import decoder
+from jaxrl_ent.rollout import padding
 from jaxrl_ent.rollout import sampling
 
 
@@ -209,7 +209,7 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
                      f"prompt in the model's context of "
                      f"{cfg.max_position_embeddings} tokens.")
   buckets = tuple(prompt_buckets or
-                  tokenization.default_buckets(max_prompt_len))
+                  padding.default_buckets(max_prompt_len))
 
   on_device = None
   if isinstance(prompts, tuple) and len(prompts) == 2 and hasattr(
@@ -235,12 +235,12 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
     i = int(np.argmax(lengths))
     raise ValueError(f"prompts: prompt {i} has {int(lengths[i])} tokens, more "
                      f"than max_prompt_len={max_prompt_len}.")
-  length = tokenization.bucket_length(int(lengths.max()), buckets)
+  length = padding.bucket_length(int(lengths.max()), buckets)
   if tokens is None or tokens.shape[1] != length:
     # Left-pad token lists (or re-pad arrays) into their bucket.
     if tokens is not None:
       prompts = [t[m.astype(bool)] for t, m in zip(tokens, mask)]
-    padded = tokenization.left_pad([np.asarray(p, np.int32) for p in prompts],
+    padded = padding.left_pad([np.asarray(p, np.int32) for p in prompts],
                                    (length,), pad_id)
     tokens, mask = padded["tokens"], padded["mask"]
   if (tokens >= cfg.vocab_size).any() or (tokens < 0).any():
