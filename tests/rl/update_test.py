@@ -127,11 +127,15 @@ class UpdateTest(parameterized.TestCase):
       params_ = [state_lib.split_model(m)[1] for m in models_]
       batches = [_batch(m, key=s, rewards_seed=s)
                  for s, m in enumerate(models_)]
-      hps = [dict(BASE_HP, **{"entropy.coef": 1e-2})] * 3
+      # lr 1e-3: Adam divides by √v, so with a larger step the float
+      # round-off of batched vs plain matmuls on near-zero gradients grows
+      # past the 1e-5 this test asks for.
+      hps = [dict(BASE_HP, **{"entropy.coef": 1e-2, "optim.lr": 1e-3})] * 3
     else:
       params_ = [params] * 3
       batches = [_batch(model)] * 3
-      hps = [dict(BASE_HP, **{"entropy.coef": a}) for a in (0.0, 1e-3, 1e-2)]
+      hps = [dict(BASE_HP, **{"entropy.coef": a, "optim.lr": 1e-3})
+             for a in (0.0, 1e-3, 1e-2)]
     keys = [jax.random.key(s) for s in range(3)]
     states = [update_lib.init_state(spec, p, h) for p, h in zip(params_, hps)]
     stack = lambda xs: jax.tree.map(lambda *a: jnp.stack(a), *xs)
