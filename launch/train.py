@@ -62,10 +62,16 @@ def main(argv):
   summary = rl_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() != 0:
     return  # Every process holds the same numbers; one prints them.
-  init, final = summary["initial_eval"], summary["final_eval"]
-  for name in sorted(final):
-    if name.startswith("val/") and name in init:
-      print(f"{name}: {init[name]:.3f} -> {final[name]:.3f}")
+  if "replicas" not in summary:
+    print(open(os.path.join(FLAGS.workdir, "summary.txt")).read(), end="")
+    return
+  # A sweep: one line per replica, the full summaries in their directories.
+  print(f"{len(summary['replicas'])} replicas, held-out greedy accuracy "
+        "before -> after:")
+  for name, s in summary["replicas"].items():
+    print(f"  {name}: {s['initial_eval']['val/greedy_acc']:.3f} -> "
+          f"{s['final_eval']['val/greedy_acc']:.3f}   "
+          f"({os.path.join(s['workdir'], 'summary.txt')})")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from jaxrl_ent.train import metrics as metrics_lib
 from jaxrl_ent.train import policy_setup
 from jaxrl_ent.train import preemption
 from jaxrl_ent.train import replicas as replicas_lib
+from jaxrl_ent.train import run_summary
 from jaxrl_ent.train import validate
 
 _LOG = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   to `<workdir>/summary.json`). With `config.sweep` (or an explicit list of
   `replicas.Replica` of `config`, as the study passes), the summary holds
   one entry per replica under `replicas`."""
+  launched = time.perf_counter()
   # Join the other hosts first: validation counts devices and processes.
   distributed.maybe_initialize(config)
   # Every config mistake in one error, before the policy, the warm start or
@@ -396,14 +398,19 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
         run.summary["preempted_at"] = step + 1
       break
   preempted.restore()
+  wall_s = time.perf_counter() - launched
   for run in runs:
     run.ckpt.close()  # Waits for the last async save.
     run.writer.close()
     run.summary["final_eval"] = run.last_eval
     run.summary["steps"] = t.steps
+    run.summary["wall_time_s"] = run.summary.get("wall_time_s", 0.0) + wall_s
     if is_main:
       (run.dir / "summary.json").write_text(json.dumps(run.summary,
                                                        indent=2))
+      (run.dir / "summary.txt").write_text(run_summary.text(
+          run.summary, metrics_lib.read_jsonl(run.dir), run.dir,
+          wall_s=wall_s, tensorboard=config.tensorboard) + "\n")
   if not stacked:
     return runs[0].summary
   summary = {"workdir": str(workdir),

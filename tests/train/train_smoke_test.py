@@ -42,6 +42,13 @@ class TrainSmokeTest(parameterized.TestCase):
       self.assertIn(f"entropy/dH_pred_tabular/{stage}", last)
     with open(f"{workdir}/summary.json") as f:
       self.assertEqual(json.load(f)["steps"], summary["steps"])
+    # The end-of-run summary a person reads.
+    with open(f"{workdir}/summary.txt") as f:
+      text = f.read()
+    for needle in ("run finished: 2 RL steps", "greedy accuracy",
+                   "pass@2", "rollout entropy", f"{workdir}/metrics.jsonl",
+                   f"{workdir}/ckpt", "launch/analyze.py"):
+      self.assertIn(needle, text)
 
   def test_kl_in_loss_and_in_reward(self):
     config = grpo_tiny.get_config("runlocal")
