@@ -605,7 +605,7 @@ def _assemble(tokens_bp, mask_bp, carry: DecodeCarry, params: SamplingParams,
   completion_mask = (stopped_before == 0) & (jnp.arange(c) < budget)
   lengths = completion_mask.sum(axis=1)
   positions_rc = prompt_len[:, None] + jnp.arange(c)[None, :]
-  return Rollout(
+  out = Rollout(
       tokens=jnp.concatenate([tokens_rp, out_tok], axis=1),
       positions=jnp.concatenate([positions_rp, positions_rc],
                                 axis=1).astype(jnp.int32),
@@ -615,3 +615,8 @@ def _assemble(tokens_bp, mask_bp, carry: DecodeCarry, params: SamplingParams,
       logp=carry.out_logp * completion_mask,
       entropy=carry.out_ent * completion_mask,
       prompt_index=prompt_index)
+  # Rows over the batch axes, as the trainer's update expects them (the
+  # slot bookkeeping above may leave the outputs replicated).
+  return jax.tree.map(
+      lambda x: sharding.constrain(x, ("act_batch",) + (None,) * (x.ndim - 1)),
+      out)
