@@ -32,6 +32,7 @@ PLOT_FILES = {
     "entropy_change": "entropy_change.png",
     "covariance": "covariance.png",
     "tokens_touched": "tokens_touched.png",
+    "entropy_dynamics": "entropy_dynamics.png",
 }
 _DPI = 100
 
@@ -227,6 +228,105 @@ def draw_dh_time(ax, runs, smooth: int):
   ax.legend(fontsize=7)
 
 
+def _dh_scatter(ax, runs, pairs_fn, what, xlabel, title):
+  have = _require(runs, lambda r: pairs_fn(r) is not None, what)
+  lo, hi = math.inf, -math.inf
+  for i, run in have:
+    _, p, m = pairs_fn(run)
+    corr, n = runs_lib.pearson(p, m)
+    ax.plot(p, m, ls="none", marker=".", ms=4, alpha=0.6, color=_colour(i),
+            label=f"{run.name}: r={report.fmt(corr, 3)} (n={n})")
+    ok = np.isfinite(p) & np.isfinite(m)
+    if ok.any():
+      lo = min(lo, float(np.min(p[ok])), float(np.min(m[ok])))
+      hi = max(hi, float(np.max(p[ok])), float(np.max(m[ok])))
+  if math.isfinite(lo) and pairs_fn is runs_lib.exact_dh_pairs:
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.6, ls=":", label="y = x")
+  ax.axhline(0, color="k", lw=0.5)
+  ax.axvline(0, color="k", lw=0.5)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("measured ΔH")
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+
+
+def draw_exact_dh_scatter(ax, runs):
+  """Exact first-order ΔH of the realised step against measured (y = x)."""
+  _dh_scatter(ax, runs, runs_lib.exact_dh_pairs,
+              f"{runs_lib.EXACT_DH_KEY} and {runs_lib.MEASURED_DH_KEY}",
+              "exact first-order ΔH ⟨∂H/∂θ, Δθ⟩", "exact vs measured ΔH")
+
+
+def draw_tabular_dh_scatter(ax, runs):
+  """The tabular prediction (unit logit step) against measured, beside it."""
+  _dh_scatter(ax, runs, runs_lib.dh_pairs,
+              f"{runs_lib.PRED_DH_KEY} and {runs_lib.MEASURED_DH_KEY}",
+              "tabular ΔH (unit logit step)", "tabular vs measured ΔH")
+
+
+def draw_exact_dh_time(ax, runs, smooth: int):
+  """Measured, exact and rescaled tabular ΔH per step."""
+  have = _require(runs, lambda r: runs_lib.exact_dh_pairs(r) is not None,
+                  f"{runs_lib.EXACT_DH_KEY} and {runs_lib.MEASURED_DH_KEY}")
+  for i, run in have:
+    steps, p, m = runs_lib.exact_dh_pairs(run)
+    c = _colour(i)
+    _curve(ax, runs_lib.Series("measured", steps, m), c,
+           f"{run.name}: measured", smooth)
+    ax.plot(steps, runs_lib.moving_average(p, smooth), color=c, ls="--",
+            lw=1.2, label=f"{run.name}: exact")
+    tab = runs_lib.dh_pairs(run)
+    if tab is not None:
+      k = _scale_through_origin(tab[1], tab[2])
+      if math.isfinite(k):
+        ax.plot(tab[0], runs_lib.moving_average(k * tab[1], smooth),
+                color=c, ls=":", lw=1.0,
+                label=f"{run.name}: tabular × {k:.3g}")
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set_xlabel("step")
+  ax.set_ylabel("ΔH per step (nats)")
+  ax.set_title("entropy change per step")
+  ax.legend(fontsize=7)
+
+
+def draw_dh_sources(ax, runs, smooth: int):
+  """Exact ΔH by source over the run (one line per source; first run
+  with sources, the others dashed)."""
+  have = _require(runs, lambda r: bool(runs_lib.exact_dh_sources(r)),
+                  f"{runs_lib.EXACT_DH_PREFIX}<source>")
+  styles = ["-", "--", ":", "-."]
+  for j, (_, run) in enumerate(have):
+    for i, (name, series) in enumerate(runs_lib.exact_dh_sources(run)
+                                       .items()):
+      ax.plot(series.step, runs_lib.moving_average(series.value, smooth),
+              color=_colour(i), ls=styles[j % len(styles)], lw=1.2,
+              label=f"{run.name}: {name}" if len(have) > 1 else name)
+  ax.axhline(0, color="k", lw=0.5)
+  ax.set_xlabel("step")
+  ax.set_ylabel("exact first-order ΔH (nats)")
+  ax.set_title("ΔH by source (through the optimizer)")
+  ax.legend(fontsize=7)
+
+
+def plot_entropy_dynamics(runs, path: str, *,
+                          smooth: int | None = None) -> str:
+  """Exact vs measured, tabular vs measured, over time, by source."""
+  w = _auto_smooth(runs, smooth)
+  fig, axes = _new_figure(2, 2)
+  axes = np.asarray(axes).ravel()
+  draw_exact_dh_scatter(axes[0], runs)
+  try:
+    draw_tabular_dh_scatter(axes[1], runs)
+  except MissingMetricsError as e:
+    axes[1].set_title(f"no tabular prediction ({e})", fontsize=7)
+  draw_exact_dh_time(axes[2], runs, w)
+  try:
+    draw_dh_sources(axes[3], runs, w)
+  except MissingMetricsError as e:
+    axes[3].set_title(f"no source split ({e})", fontsize=7)
+  return _save(fig, path)
+
+
 def draw_covariance(ax, runs, smooth: int):
   """Cui et al.'s batch covariance cov(log π, A) per step."""
   have = _require(runs, lambda r: r.has(runs_lib.COVARIANCE_KEY),
@@ -376,6 +476,8 @@ def write_plots(runs: Sequence[runs_lib.Run], out_dir: str, *,
       "entropy_change": lambda p: plot_entropy_change(runs, p, smooth=smooth),
       "covariance": lambda p: plot_covariance(runs, p, smooth=smooth),
       "tokens_touched": lambda p: plot_tokens_touched(runs, p),
+      "entropy_dynamics": lambda p: plot_entropy_dynamics(runs, p,
+                                                          smooth=smooth),
   }
   written, skipped = {}, {}
   for kind, make in makers.items():

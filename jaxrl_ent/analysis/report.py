@@ -30,6 +30,8 @@ class RunSummary:
     dh_corr, dh_n: Pearson correlation of predicted and measured ΔH and the
       number of steps it uses.
     mean_touched: mean share of tokens the control changed per step.
+    exact_corr, exact_n: the same for the exact first-order prediction
+      (`entropy/dH_pred_exact/total`).
   """
   name: str
   method: str
@@ -47,6 +49,8 @@ class RunSummary:
   dh_corr: float
   dh_n: int
   mean_touched: float
+  exact_corr: float = math.nan
+  exact_n: int = 0
 
 
 def fit_run(run: runs_lib.Run, source: str = "train",
@@ -101,6 +105,9 @@ def summarize_run(run: runs_lib.Run, *, fit_source: str = "train",
   dh = runs_lib.dh_pairs(run)
   dh_corr, dh_n = (runs_lib.pearson(dh[1], dh[2]) if dh is not None
                    else (math.nan, 0))
+  ex = runs_lib.exact_dh_pairs(run)
+  exact_corr, exact_n = (runs_lib.pearson(ex[1], ex[2]) if ex is not None
+                         else (math.nan, 0))
   touched = runs_lib.touched_series(run)
   mean_touched = (float(np.nanmean(touched.value))
                   if touched is not None and len(touched) else math.nan)
@@ -114,7 +121,7 @@ def summarize_run(run: runs_lib.Run, *, fit_source: str = "train",
       final_entropy=h.last() if h is not None else math.nan,
       fit=fits[fit_source], fit_source=fit_source, fit_smooth=smooth,
       fits=fits, dh_corr=dh_corr, dh_n=dh_n,
-      mean_touched=mean_touched)
+      mean_touched=mean_touched, exact_corr=exact_corr, exact_n=exact_n)
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -138,20 +145,23 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
 
   Columns: run, method, steps, final / best greedy accuracy (step of the
   best), final pass@k, final entropy, the fit's a, b, ceiling `b − a`, R²
-  and n, corr(predicted ΔH, measured ΔH), mean share of tokens touched.
+  and n, corr(tabular ΔH, measured ΔH), corr(exact ΔH, measured ΔH), mean
+  share of tokens touched.
   """
   pass_keys = sorted({s.pass_key for s in summaries if s.pass_key})
   pass_title = pass_keys[0].replace("val/", "") if len(pass_keys) == 1 else (
       "pass@k")
   header = ["run", "method", "steps", "greedy acc final", "greedy acc best",
             f"{pass_title} final", "H final", "a", "b", "ceiling b−a", "R²",
-            "fit n", "corr(pred ΔH, meas ΔH)", "tokens touched"]
+            "fit n", "corr(pred ΔH, meas ΔH)", "corr(exact ΔH, meas ΔH)",
+            "tokens touched"]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for s in summaries:
     best = (f"{fmt(s.best_acc)} (step {s.best_acc_step})"
             if s.best_acc_step >= 0 else "—")
     corr = f"{fmt(s.dh_corr)} (n={s.dh_n})" if s.dh_n else "—"
+    exact = f"{fmt(s.exact_corr, 4)} (n={s.exact_n})" if s.exact_n else "—"
     final_pass = fmt(s.final_pass)
     if len(pass_keys) > 1 and s.pass_key:
       # Runs disagree on k: say which k each cell is.
@@ -159,7 +169,7 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     cells = [s.name, s.method, str(s.steps), fmt(s.final_acc), best,
              final_pass, fmt(s.final_entropy), fmt(s.fit.a),
              fmt(s.fit.b), fmt(s.fit.ceiling), fmt(s.fit.r2), str(s.fit.n),
-             corr, fmt(s.mean_touched)]
+             corr, exact, fmt(s.mean_touched)]
     lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
   out = "\n".join(lines) + "\n"
   out += "\n" + fit_caption(summaries) + "\n"

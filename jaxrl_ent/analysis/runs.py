@@ -37,6 +37,9 @@ ENTROPY_KEYS = ("actor/entropy_before_update", "rollout/entropy",
                 "actor/entropy")
 PRED_DH_KEY = "entropy/dH_pred_tabular/total"
 MEASURED_DH_KEY = "entropy/measured_dH"
+# Exact first order along the realised parameter step (rl/update.py).
+EXACT_DH_KEY = "entropy/dH_pred_exact/total"
+EXACT_DH_PREFIX = "entropy/dH_pred_exact/"
 COVARIANCE_KEY = "entropy/covariance"
 
 _PASS_AT = re.compile(r"^val/pass_at_(\d+)$")
@@ -453,7 +456,33 @@ def dh_pairs(run: Run):
   is the actual change after the optimizer step, so their scales differ by
   roughly the effective logit step; compare them by correlation.
   """
-  p, m = run.get(PRED_DH_KEY), run.get(MEASURED_DH_KEY)
+  return _pairs(run, PRED_DH_KEY)
+
+
+def _pairs(run: Run, key: str):
+  p, m = run.get(key), run.get(MEASURED_DH_KEY)
   if p is None or m is None:
     return None
   return align(p, m)
+
+
+def exact_dh_pairs(run: Run):
+  """`(steps, exact first-order ΔH, measured ΔH)`, or None.
+
+  Same scale as the measurement: `⟨∂H/∂θ, θ_after − θ_before⟩`, so the
+  residual is the second-order (and float) remainder.
+  """
+  return _pairs(run, EXACT_DH_KEY)
+
+
+def exact_dh_sources(run: Run) -> dict[str, "Series"]:
+  """`entropy/dH_pred_exact/<source>` series by source (no total/remainder)."""
+  out = {}
+  for key in run.keys:
+    name = key[len(EXACT_DH_PREFIX):]
+    if key.startswith(EXACT_DH_PREFIX) and name not in ("total",
+                                                        "unattributed"):
+      series = run.get(key)
+      if series is not None:
+        out[name] = series
+  return out

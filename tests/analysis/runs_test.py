@@ -170,7 +170,10 @@ class LoadRunTest(absltest.TestCase):
     run = runs_lib.load_run(wd)
     logged = []
     result = plots.write_plots([run], out, log=logged.append)
-    self.assertEqual(set(result.skipped), {"covariance"})
+    # These synthetic runs log no exact first-order ΔH either.
+    self.assertEqual(set(result.skipped), {"covariance", "entropy_dynamics"})
+    self.assertIn("entropy/dH_pred_exact/total",
+                  result.skipped["entropy_dynamics"])
     self.assertIn("entropy/covariance", result.skipped["covariance"])
     self.assertTrue(any(l.startswith("skipped covariance") for l in logged))
     for kind, path in result.written.items():
