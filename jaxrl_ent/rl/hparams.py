@@ -135,13 +135,42 @@ def lr_at(spec: OptimizerSpec, peak, step):
   return peak * decay
 
 
+def clip_by_global_norm(max_norm):
+  """`optax.clip_by_global_norm` for a traced float32 bound: the factor
+  `min(1, max_norm / ‖g‖)` is computed in float32 and applied in each
+  leaf's dtype (optax's own select refuses a float32 bound against
+  bfloat16 leaves). Below the bound the updates pass unchanged."""
+  def update_fn(updates, state, params=None):
+    del params
+    g_norm = optax.tree.norm(updates).astype(_F32)
+    factor = jnp.where(g_norm < max_norm, 1.0, max_norm / g_norm)
+    return jax.tree.map(lambda t: t * factor.astype(t.dtype), updates), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def keep_dtypes(inner):
+  """`inner` with its updates and state cast back to their input dtypes.
+
+  The hyperparameters are float32 arrays (not Python floats, which JAX
+  treats as weakly typed), so with bfloat16 parameters optax's arithmetic
+  would promote the moments to float32 and the state's dtypes would change
+  from one step to the next (a scan carry or a donated buffer must not).
+  """
+  def update_fn(updates, state, params=None):
+    new_updates, new_state = inner.update(updates, state, params)
+    cast = lambda new, old: new.astype(old.dtype)
+    return (jax.tree.map(cast, new_updates, updates),
+            jax.tree.map(cast, new_state, state))
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
 def optimizer(spec: OptimizerSpec, hp: Mapping[str, jax.Array], step):
   """clip_by_global_norm → AdamW at RL step `step`, from (traced) hparams.
 
   The state structure does not depend on the values, so a state made by
   one replica's optimizer is valid for any other's.
   """
-  parts = ([optax.clip_by_global_norm(hp["optim.grad_clip"])]
+  parts = ([clip_by_global_norm(hp["optim.grad_clip"])]
            if spec.clip else [])
   lr = lr_at(spec, hp["optim.lr"], step)
   if spec.kind == "adamw":
@@ -153,7 +182,7 @@ def optimizer(spec: OptimizerSpec, hp: Mapping[str, jax.Array], step):
               optax.scale_by_learning_rate(lr)]
   else:
     raise ValueError(f"optim.name={spec.kind!r}; allowed: {OPTIMIZERS}.")
-  return optax.chain(*parts)
+  return keep_dtypes(optax.chain(*parts))
 
 
 def optimizer_values(spec: OptimizerSpec, hp: Mapping[str, jax.Array], step):

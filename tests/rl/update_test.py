@@ -216,6 +216,26 @@ class UpdateTest(parameterized.TestCase):
     # three steps of +Δ (per-call updates would have hit it after one).
     self.assertAlmostEqual(c, cmax)
 
+  def test_bfloat16_state_keeps_its_dtypes(self):
+    """float32 hyperparameter arrays must not promote bf16 moments (the
+    mini-batch scan carry and the donated state need fixed dtypes)."""
+    cfg = models.ModelConfig("qwen2", 61, 16, 32, 2, 4, 2, 4, qkv_bias=True,
+                             max_position_embeddings=64,
+                             param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+    model = models.init_model(cfg, seed=1)
+    graphdef, params, rest = state_lib.split_model(model)
+    spec = _spec("entropy_bonus", epochs=1)
+    update = jax.jit(update_lib.make_update(graphdef, rest, spec))
+    state = update_lib.init_state(spec, params,
+                                  dict(BASE_HP, **{"entropy.coef": 1e-2}))
+    dtypes = [x.dtype for x in jax.tree.leaves(state)]
+    self.assertIn(jnp.bfloat16, dtypes)
+    batch = _batch(models.init_model(CFG, seed=1))
+    for k in range(2):
+      state, metrics = update(state, batch, jax.random.key(k))
+    self.assertEqual([x.dtype for x in jax.tree.leaves(state)], dtypes)
+    self.assertTrue(np.isfinite(float(metrics["actor/grad_norm"])))
+
   @parameterized.parameters(("constant", 0), ("linear", 3), ("cosine", 2))
   def test_lr_schedule_in_rl_steps_matches_optax(self, kind, warmup):
     spec = hparams_lib.OptimizerSpec(schedule=kind, warmup_steps=warmup,
