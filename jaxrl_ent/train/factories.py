@@ -33,7 +33,7 @@ def make_controller(cfg, *, clip_eps_low: float = 0.2,
                     track: bool = True):
   """The token-space controller chain of `config.entropy` at RL step `step`
   (as `rl.update` builds it; wrapped in `controllers.attributed_chain` for
-  per-source `entropy/pred_dH/*` unless `track=False`)."""
+  per-source `entropy/dH_pred_tabular/*` unless `track=False`)."""
   spec = controller_spec(cfg, track=track)
   hp = {k: cfg.get(k.split(".", 1)[1]) for k in spec.hparam_fields()}
   hp.update({"loss.clip_eps_low": clip_eps_low,
