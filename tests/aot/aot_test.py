@@ -4,13 +4,9 @@ Expected values are derived here from the model dims by hand, not from the
 code under test.
 """
 
-import os
+import aot_testlib  # First: CPU platform, repository path, libtpu.
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,25 +14,14 @@ from absl.testing import absltest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 from configs import tpu_grpo
 from jaxrl_ent.aot import chips
 from jaxrl_ent.aot import cost
 from jaxrl_ent.aot import hlo
 from jaxrl_ent.aot import programs
 
-# tests/conftest.py turns most optimisations off for fast CPU tests; the
-# memory of a TPU program must be measured as it will run.
-jax.config.update("jax_disable_most_optimizations", False)
-
-try:
-  import libtpu  # pylint: disable=unused-import
-  HAVE_LIBTPU = True
-except ImportError:
-  HAVE_LIBTPU = False
-needs_libtpu = absltest.skipUnless(
-    HAVE_LIBTPU, "needs libtpu: pip install -e '.[tpu]'")
+HAVE_LIBTPU = aot_testlib.HAVE_LIBTPU
+needs_libtpu = aot_testlib.needs_libtpu
 
 
 def _mesh(topology: str, shape):

@@ -1,28 +1,14 @@
 """Decode step vs cache fill and the long-tail rollout estimate (AOT)."""
 
-import os
+import aot_testlib  # First: CPU platform, repository path, libtpu.
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import sys
-
-import jax
-import numpy as np
 from absl.testing import absltest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 from configs import tpu_grpo
 from jaxrl_ent.aot import decode_estimate
 
-jax.config.update("jax_disable_most_optimizations", False)
-
-try:
-  import libtpu  # pylint: disable=unused-import
-  HAVE_LIBTPU = True
-except ImportError:
-  HAVE_LIBTPU = False
+HAVE_LIBTPU = aot_testlib.HAVE_LIBTPU
+needs_libtpu = aot_testlib.needs_libtpu
 
 
 class ScheduleTest(absltest.TestCase):
@@ -44,7 +30,7 @@ class ScheduleTest(absltest.TestCase):
     self.assertAlmostEqual(lengths.mean() / 100.0, 1.0, delta=0.03)
 
 
-@absltest.skipUnless(HAVE_LIBTPU, "needs libtpu: pip install -e '.[tpu]'")
+@needs_libtpu
 class EstimateTest(absltest.TestCase):
 
   def test_small_model_step_time_grows_with_fill(self):

@@ -5,31 +5,22 @@ Cheap (nothing is compiled): the compile of each job is `launch/aot_check.py`
 fail on a pod or in a slow compile. Runs in the AOT pytest process.
 """
 
-import os
+import aot_testlib  # First: CPU platform, repository path, libtpu.
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import math
-import sys
 
 import jax
 from absl.testing import absltest
 from absl.testing import parameterized
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 from configs import tpu_grpo
 from jaxrl_ent import sharding
 from jaxrl_ent.aot import chips
 from jaxrl_ent.aot import programs
 from jaxrl_ent.train import validate
 
-try:
-  import libtpu  # pylint: disable=unused-import
-  HAVE_LIBTPU = True
-except ImportError:
-  HAVE_LIBTPU = False
+HAVE_LIBTPU = aot_testlib.HAVE_LIBTPU
+needs_libtpu = aot_testlib.needs_libtpu
 
 _JOBS = [(name,) for name in sorted(tpu_grpo.JOBS)]
 

@@ -5,32 +5,20 @@ The training forward's attention on TPU is a Mosaic custom call inside
 check finds it, and that the loop-exact FLOP count charges its causal half.
 """
 
-import os
-
-os.environ["JAX_PLATFORMS"] = "cpu"
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import sys
+import aot_testlib  # First: CPU platform, repository path, libtpu.
 
 import jax
 import jax.numpy as jnp
 from absl.testing import absltest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))))
 from jaxrl_ent import sharding
 from jaxrl_ent.aot import chips
 from jaxrl_ent.aot import cost
 from jaxrl_ent.aot import hlo
 from jaxrl_ent.models import attention
 
-jax.config.update("jax_disable_most_optimizations", False)
-
-try:
-  import libtpu  # pylint: disable=unused-import
-  HAVE_LIBTPU = True
-except ImportError:
-  HAVE_LIBTPU = False
+HAVE_LIBTPU = aot_testlib.HAVE_LIBTPU
+needs_libtpu = aot_testlib.needs_libtpu
 
 
 class SplashFlopsTest(absltest.TestCase):
@@ -56,7 +44,7 @@ class SplashFlopsTest(absltest.TestCase):
         (fwd + fwd * 5 / 2), 1.0, places=3)
 
 
-@absltest.skipUnless(HAVE_LIBTPU, "needs libtpu: pip install -e '.[tpu]'")
+@needs_libtpu
 class SplashCompileTest(absltest.TestCase):
 
   def test_compiles_sharded_for_tpu_and_is_found_in_hlo(self):
