@@ -9,6 +9,8 @@ come back as a reward in [0, 1] with status ok, or as a counted error or
 timeout, and the batch must finish within its budget plus slack.
 """
 
+import os
+import sys
 import time
 
 from absl.testing import absltest
@@ -18,6 +20,9 @@ import numpy as np
 
 from jaxrl_ent.rewards import registry
 from jaxrl_ent.rewards import scoring
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import scorer_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REWARDS = ("math", "math_lenient", "gsm8k", "boxed", "exact_match",
            "exact_match_ci", "format", "format_boxed", "format_gsm8k",
@@ -58,20 +63,19 @@ _TEXTS = st.one_of(
 )
 
 
-class AdversarialFuzzTest(absltest.TestCase):
+class AdversarialFuzzTest(scorer_testlib.ScorerTestCase):
+
+  WARM_MATH_VERIFY = True
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.scorer = scoring.RewardScorer(num_workers=2, warm_math_verify=True,
-                                      grace_s=0.5)
     cls.fns = {name: registry.get_reward_fn(name) for name in REWARDS}
     cls.scorer.score(cls.fns["math"], ["\\boxed{1}"], ["1"])  # Warm up.
     cls.cases = 0
 
   @classmethod
   def tearDownClass(cls):
-    cls.scorer.close()
     print(f"adversarial fuzz: {cls.cases} (string, reward) cases")
     super().tearDownClass()
 

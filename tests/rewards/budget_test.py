@@ -19,23 +19,13 @@ from jaxrl_ent.rewards import scoring
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scoring_fns  # pylint: disable=g-import-not-at-top,wrong-import-position
+import scorer_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _BUDGET = 1.0
 _SLACK = 4.0  # Killing and respawning two workers, on a busy machine.
 
 
-class BudgetTest(parameterized.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.scorer = scoring.RewardScorer(num_workers=2, warm_math_verify=False,
-                                      grace_s=0.5)
-
-  @classmethod
-  def tearDownClass(cls):
-    cls.scorer.close()
-    super().tearDownClass()
+class BudgetTest(scorer_testlib.ScorerTestCase):
 
   def _check_budget(self, result, n, start):
     wall = time.perf_counter() - start

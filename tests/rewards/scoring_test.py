@@ -16,22 +16,12 @@ from jaxrl_ent.rewards import scoring
 # processes can import them, under pytest and under `python this_file.py`.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scoring_fns  # pylint: disable=g-import-not-at-top,wrong-import-position
+import scorer_testlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TIMEOUT = 0.4
 
 
-class ProcessScorerTest(parameterized.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.scorer = scoring.RewardScorer(num_workers=2, warm_math_verify=False,
-                                      grace_s=0.5)
-
-  @classmethod
-  def tearDownClass(cls):
-    cls.scorer.close()
-    super().tearDownClass()
+class ProcessScorerTest(scorer_testlib.ScorerTestCase):
 
   def score(self, fn, completions, references=None):
     references = references or [None] * len(completions)
