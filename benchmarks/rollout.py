@@ -45,6 +45,8 @@ def main():
   ap.add_argument("--repeats", type=int, default=10)
   ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
   ap.add_argument("--out", default=None)
+  ap.add_argument("--decode_attention", default="blockwise",
+                  help="models.decode_attention implementation for ours")
   ap.add_argument("--long_tail", action="store_true",
                   help="per-row geometric stop lengths (see docstring)")
   ap.add_argument("--n_samples", type=int, default=4,
@@ -88,7 +90,8 @@ def main():
     out = rollout.generate(policy, [list(p) for p in prompts],
                            jax.random.key(seed),
                            max_new_tokens=args.new_tokens, temperature=1.0,
-                           prompt_buckets=(args.prompt_len,))
+                           prompt_buckets=(args.prompt_len,),
+                           decode_attention=args.decode_attention)
     jax.block_until_ready(out.tokens)
     assert int(out.lengths.min()) == args.new_tokens
     return out
