@@ -65,6 +65,8 @@ def _steady(rows):
 
 def main(argv):
   del argv
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty.
   from jaxrl_ent.train import metrics  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   s, steps = _SEEDS.value, _STEPS.value
