@@ -54,7 +54,6 @@ ANNEALED = {"entropy_bonus": "coef", "clip_cov": "ratio", "kl_cov": "coef"}
 ANNEAL_HPARAMS = {"constant": (), "linear": ("anneal_end",),
                   "cosine": ("anneal_end",),
                   "inverse_power": ("anneal_tau", "anneal_power")}
-OPTIM_HPARAMS = ("lr", "b1", "b2", "eps", "weight_decay")
 
 
 @dataclasses.dataclass(frozen=True)

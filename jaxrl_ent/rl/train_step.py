@@ -110,16 +110,19 @@ def completion_stats(model, batch: RLBatch, *, temperature, token_chunk,
       vocab_chunk=vocab_chunk)
 
 
+def params_stats(graphdef, rest, loss_cfg: LossConfig, params,
+                 batch: RLBatch) -> types.TokenStats:
+  """`completion_stats` of `batch` under `params`, with the loss's
+  temperature and chunking (differentiable in `params`)."""
+  model = nnx.merge(graphdef, params, rest)
+  return completion_stats(model, batch, temperature=loss_cfg.temperature,
+                          token_chunk=loss_cfg.token_chunk,
+                          vocab_chunk=loss_cfg.vocab_chunk)
+
+
 def make_stats_fn(graphdef, rest, loss_cfg: LossConfig):
   """`fn(params, batch) -> TokenStats` (jitted; no gradient)."""
-
-  @jax.jit
-  def fn(params, batch):
-    model = nnx.merge(graphdef, params, rest)
-    return completion_stats(model, batch, temperature=loss_cfg.temperature,
-                            token_chunk=loss_cfg.token_chunk,
-                            vocab_chunk=loss_cfg.vocab_chunk)
-  return fn
+  return jax.jit(functools.partial(params_stats, graphdef, rest, loss_cfg))
 
 
 def _token_loss(loss_cfg: LossConfig, batch: RLBatch, policy_kwargs=None,
@@ -186,13 +189,8 @@ def micro_batch_grads(graphdef, rest, loss_cfg: LossConfig, controller,
     `controller` must support extra args (`optax.with_extra_args_support`);
     `extra_args` reach it (e.g. `measured_entropy`).
   """
-  def stats_fn(p):
-    model = nnx.merge(graphdef, p, rest)
-    return completion_stats(model, micro, temperature=loss_cfg.temperature,
-                            token_chunk=loss_cfg.token_chunk,
-                            vocab_chunk=loss_cfg.vocab_chunk)
-
-  stats, pullback = jax.vjp(stats_fn, params)
+  stats, pullback = jax.vjp(
+      lambda p: params_stats(graphdef, rest, loss_cfg, p, micro), params)
   loss_fn = _token_loss(loss_cfg, micro, policy_kwargs, kl_coef)
   (loss, metrics), (g_logp, g_ent) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(stats.logp, stats.entropy)

@@ -41,7 +41,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from flax import struct
 
 from jaxrl_ent.entropy import covariance
@@ -123,22 +122,9 @@ def init_state(spec: UpdateSpec, params, hparams) -> state_lib.TrainState:
 
 
 def _stats(graphdef, rest, loss_cfg, params, batch: ts.RLBatch):
-  model = nnx.merge(graphdef, params, rest)
-  return jax.lax.stop_gradient(ts.completion_stats(
-      model, batch, temperature=loss_cfg.temperature,
-      token_chunk=loss_cfg.token_chunk, vocab_chunk=loss_cfg.vocab_chunk))
-
-
-def _masked_mean(x, mask):
-  return covariance.masked_mean(x, mask)
-
-
-def _stats_fn(graphdef, rest, loss_cfg, batch: ts.RLBatch, params):
-  """Differentiable token statistics of `batch` (the loss's chunked path)."""
-  model = nnx.merge(graphdef, params, rest)
-  return ts.completion_stats(
-      model, batch, temperature=loss_cfg.temperature,
-      token_chunk=loss_cfg.token_chunk, vocab_chunk=loss_cfg.vocab_chunk)
+  """Token statistics as constants (old/reference/after passes)."""
+  return jax.lax.stop_gradient(
+      ts.params_stats(graphdef, rest, loss_cfg, params, batch))
 
 
 def _sources(spec: UpdateSpec) -> tuple[str, ...]:
@@ -261,14 +247,13 @@ def make_update(graphdef, rest, spec: UpdateSpec):
       metrics["critic/kl_in_reward"] = reward_kl
       metrics["critic/rewards/mean"] = jnp.mean(rewards)
     adv = estimator(rewards, mask, group_size=spec.group_size)
-    full = ts.RLBatch(tokens=batch.tokens, positions=batch.positions,
-                      attention_mask=batch.attention_mask,
-                      completion_mask=mask, old_logp=old_logp,
-                      advantages=adv, ref_logp=ref_logp)
-    measured = (-_masked_mean(old_logp, mask)
+    full = probe.replace(old_logp=old_logp, advantages=adv,
+                         ref_logp=ref_logp)
+    h_before = covariance.masked_mean(before.entropy, mask)
+    measured = (-covariance.masked_mean(old_logp, mask)
                 if spec.controller.measure == "old_logp"
                 and spec.controller.method == "adaptive_entropy"
-                else _masked_mean(before.entropy, mask))
+                else h_before)
     policy_kwargs = {k: hp[h] for k, h in spec.policy_hparams}
     kl_coef = hp.get("loss.kl_coef") if spec.loss.kl_coef > 0 else None
     sources = _sources(spec) if measure else ()
@@ -323,22 +308,20 @@ def make_update(graphdef, rest, spec: UpdateSpec):
     # 4. Metrics: the mean over mini-batch updates, then whole-batch values.
     metrics.update(jax.tree.map(jnp.mean, mb_metrics))
     valid = mask > 0
-    h_before = _masked_mean(before.entropy, mask)
     metrics.update({
-        "critic/advantages/mean": _masked_mean(adv, mask),
+        "critic/advantages/mean": covariance.masked_mean(adv, mask),
         "critic/advantages/max": jnp.max(jnp.where(valid, adv, -jnp.inf)),
         "actor/entropy_before_update": h_before,
-        "actor/lr": jnp.asarray(hparams_lib.lr_at(
-            spec.optimizer, hp["optim.lr"], step), jnp.float32),
+        "actor/lr": opt_values["lr"],
         "train/skipped_steps": skipped.astype(jnp.float32),
     })
     if measure:
       # 3. The same batch under the updated policy.
       after = stats(params, full)
       metrics["entropy/measured_dH"] = (
-          _masked_mean(after.entropy, mask) - h_before)
+          covariance.masked_mean(after.entropy, mask) - h_before)
       metrics.update(_exact_metrics(
-          functools.partial(_stats_fn, graphdef, rest, spec.loss, full),
+          lambda p: ts.params_stats(graphdef, rest, spec.loss, p, full),
           state.params, params, acc, sources, adamw, mask,
           metrics["entropy/measured_dH"], spec))
     return new_state, metrics

@@ -44,6 +44,7 @@ from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.rewards import registry as reward_registry
 from jaxrl_ent.rewards import scoring
 from jaxrl_ent.rewards import tasks
+from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
 from jaxrl_ent.train import checker
@@ -56,11 +57,11 @@ _Checker = checker.Checker
 _get = checker.get
 _is_int = checker.is_int
 
+_LR_SCHEDULES = hparams_lib.LR_SCHEDULES
 # Allowed values that their owners check inline rather than export
-# (policy_setup, optim.lr_schedule, controllers, reweighting); every other
-# list is imported from its owner, so it cannot drift.
+# (policy_setup, controllers, reweighting); every other list is imported
+# from its owner, so it cannot drift.
 _DTYPES = ("float32", "bfloat16")
-_LR_SCHEDULES = ("constant", "linear", "cosine")
 _ADAPTIVE_RULES = ("bang_bang", "lagrangian")
 _ADAPTIVE_MEASURES = ("old_logp", "entropy")
 _STEER_MODES = ("exponential", "linear")
@@ -73,23 +74,25 @@ _MAX_TOKENIZER_VOCAB = 1 << 20
 ENTROPY_METHODS = getattr(factories, "ENTROPY_METHODS", ())
 ANNEALS = getattr(factories, "ANNEALS", ())
 # The methods whose coefficient `rl.hparams.annealed` schedules.
-ANNEALED_METHODS = ("entropy_bonus", "clip_cov", "kl_cov")
-# entropy.<field> -> the methods that read it (rl.hparams.controller).
-ENTROPY_READERS = {
-    "coef": ("entropy_bonus", "kl_cov"),
-    "ratio": ("clip_cov", "kl_cov"),
-    "clip_cov_lb": ("clip_cov",), "clip_cov_ub": ("clip_cov",),
-    "quantile": ("high_entropy_tokens",),
-    "target": ("adaptive_entropy",), "rule": ("adaptive_entropy",),
-    "delta": ("adaptive_entropy",), "coef_min": ("adaptive_entropy",),
-    "coef_max": ("adaptive_entropy",), "measure": ("adaptive_entropy",),
-    "lr": ("adaptive_entropy", "aent"),
-    "w_min": ("steer",), "w_max": ("steer",), "steer_mode": ("steer",),
-    "steer_score": ("steer",),
-    "coef_init": ("aent",), "h_low": ("aent",), "h_high": ("aent",),
-    "coef_min_aent": ("aent",), "coef_max_aent": ("aent",),
-    "anneal": ANNEALED_METHODS,
-}
+ANNEALED_METHODS = tuple(hparams_lib.ANNEALED)
+
+
+def _entropy_readers() -> dict[str, tuple[str, ...]]:
+  """entropy.<field> -> the methods that read it: the coefficients each
+  method keeps as hyperparameters (`rl.hparams.ENTROPY_HPARAMS`), its
+  structural choices, and the anneal kind."""
+  readers = {}
+  structural = {"adaptive_entropy": ("rule", "measure"),
+                "steer": ("steer_mode", "steer_score")}
+  for method, fields in hparams_lib.ENTROPY_HPARAMS.items():
+    for field in fields + structural.get(method, ()):
+      readers.setdefault(field, ())
+      readers[field] += (method,)
+  readers["anneal"] = ANNEALED_METHODS
+  return readers
+
+
+ENTROPY_READERS = _entropy_readers()
 # entropy.anneal_<x> -> the `entropy.anneal` kinds that read it.
 ANNEAL_READERS = {
     "anneal_steps": ("linear", "cosine"), "anneal_end": ("linear", "cosine"),

@@ -128,7 +128,7 @@ class TinyLMTest(absltest.TestCase):
                     advantages=jnp.zeros_like(batch.behaviour_logp),
                     ref_logp=batch.behaviour_logp)
     loss = ts.LossConfig(token_chunk=8, vocab_chunk=16)
-    stats_fn = lambda p: update_lib._stats_fn(graphdef, rest, loss, rl, p)
+    stats_fn = lambda p: ts.params_stats(graphdef, rest, loss, p, rl)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(3), len(leaves))
     tangents = jax.tree.unflatten(treedef, [
