@@ -37,6 +37,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def _dims(tiny: bool) -> dict:
+  """The benchmark's Qwen2 (5.1M parameters), or a smoke-test one."""
+  if tiny:
+    return dict(vocab_size=256, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=256)
+  return dict(vocab_size=4096, hidden_size=256, intermediate_size=704,
+              num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=16)
@@ -68,13 +79,8 @@ def main():
   from jaxrl_ent import models, rollout  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
 
-  dims = dict(vocab_size=4096, hidden_size=256, intermediate_size=704,
-              num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024)
+  dims = _dims(args.tiny)
   if args.tiny:
-    dims = dict(vocab_size=256, hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256)
     args.batch, args.new_tokens, args.repeats = 2, 8, 1
   torch.set_num_threads(os.cpu_count())
 
@@ -160,13 +166,8 @@ def long_tail(args):
   from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
 
   budget = 256 if args.new_tokens == 128 else args.new_tokens
-  dims = dict(vocab_size=4096, hidden_size=256, intermediate_size=704,
-              num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024)
+  dims = _dims(args.tiny)
   if args.tiny:
-    dims = dict(vocab_size=256, hidden_size=32, intermediate_size=64,
-                num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256)
     args.batch, budget, args.repeats, args.num_slots = 2, 16, 1, 2
   args.out = args.out or "benchmarks/results/rollout_long_tail.json"
   torch.set_num_threads(os.cpu_count())
@@ -274,9 +275,7 @@ def int8_mismatch(args):
   from jaxrl_ent import models, rollout  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
 
-  dims = dict(vocab_size=4096, hidden_size=256, intermediate_size=704,
-              num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024)
+  dims = _dims(tiny=False)
   with tempfile.TemporaryDirectory() as d:
     tiny_hf.write_checkpoint(d, "qwen2", **dims)
     policy = models.from_pretrained(d)

@@ -295,6 +295,10 @@ class Checkpointer:
     return self.directory / str(int(step))
 
   # ------------------------------------------------------------------ save
+  def should_save(self, step: int) -> bool:
+    """Whether `save(step, …)` without `force` would write (the interval)."""
+    return not self._read_only and self._manager.should_save(int(step))
+
   def save(self, step: int, state, *, data_state: Mapping | None = None,
            meta: Mapping | None = None, metrics: Mapping | None = None,
            force: bool = False) -> bool:
@@ -323,7 +327,7 @@ class Checkpointer:
       _LOG.warning("checkpoint: %s is read-only; step %d not saved.",
                    self.directory, step)
       return False
-    if not force and not self._manager.should_save(step):
+    if not force and not self.should_save(step):
       return False
     records, finite = fingerprint.describe(state)
     if not finite.all():

@@ -105,7 +105,7 @@ def _stacked_generate(graphdef, rest, params: sampler.SamplingParams):
   return jax.jit(jax.vmap(one))
 
 
-def _restore(runs, abstract, mesh, config):
+def _restore(runs, abstract, config):
   """Restores every replica at one common step; (states, start) or None."""
   found = [checkpoint.resolve_restore(r.dir / "ckpt",
                                       config.resume_from or None)
@@ -163,7 +163,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
           for r in (plan or [None])]
 
   # ----------------------------------------------------------------- setup
-  policies, params_list = [], []
+  policies = []
   for run in runs:
     policy, tokenizer = policy_setup.build_policy(
         run.config, mesh, replicas_lib.warm_start_dir(workdir, run.replica))
@@ -207,10 +207,9 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   init = jax.jit(functools.partial(update_lib.init_state, spec))
   with sharding.use_mesh(mesh, rules):
     states = [init(p, h) for p, h in zip(params_list, hparams_list)]
-  one_shardings = sharding.train_state_shardings(
-      checkpoint.abstract_state(states[0]), mesh, rules)
-  found = _restore(runs, checkpoint.abstract_like(
-      checkpoint.abstract_state(states[0]), one_shardings), mesh, config)
+  abstract = checkpoint.abstract_state(states[0])
+  one_sh = sharding.train_state_shardings(abstract, mesh, rules)
+  found = _restore(runs, checkpoint.abstract_like(abstract, one_sh), config)
   start_step = 0
   if found is not None:
     states, start_step = found
@@ -219,8 +218,9 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   ref_params = ([jax.tree.map(jnp.copy, p) for p in params_list]
                 if spec.uses_reference else None)
   del policies, params_list
-  state_sh = sharding.train_state_shardings(
-      checkpoint.abstract_state(states[0]), mesh, rules, replicas=stacked)
+  state_sh = (sharding.train_state_shardings(abstract, mesh, rules,
+                                             replicas=True)
+              if stacked else one_sh)
   if stacked:
     state = jax.device_put(replicas_lib.stack(states), state_sh)
     ref = (None if ref_params is None else replicas_lib.stack(ref_params))
@@ -245,20 +245,21 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
     return compiled[measure]
 
   sampling = dict(max_new_tokens=config.rollout.max_new_tokens,
-                  temperature=config.rollout.temperature,
-                  top_p=config.rollout.top_p, top_k=config.rollout.top_k,
-                  n_samples=group, return_entropy=True,
-                  stop_token_ids=[tokenizer.eos_token_id],
+                  temperature=float(config.rollout.temperature),
+                  top_p=float(config.rollout.top_p),
+                  top_k=config.rollout.top_k, n_samples=group,
+                  return_entropy=True,
+                  stop_token_ids=(int(tokenizer.eos_token_id),),
                   pad_id=tokenizer.pad_token_id or 0,
                   # Continuous batching over the prompt queue (same
                   # completions as the static batch for the same keys).
                   continuous=bool(config.rollout.get("continuous", False)),
                   num_slots=int(config.rollout.get("num_slots", 0)))
   if stacked:
-    gen = _stacked_generate(graphdef, rest, sampler.SamplingParams(
-        **{**sampling, "stop_token_ids": tuple(sampling["stop_token_ids"]),
-           "temperature": float(sampling["temperature"]),
-           "top_p": float(sampling["top_p"])}))
+    # The same settings `rollout.generate` builds (and checks) for one run.
+    stacked_sampling = sampler.SamplingParams(**sampling)
+    stacked_sampling.validate(policy.cfg.vocab_size)
+    gen = _stacked_generate(graphdef, rest, stacked_sampling)
 
   def policy_of(i):
     params = (replicas_lib.unstack(state.params, i) if stacked
@@ -378,10 +379,13 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
           f"(train.max_consecutive_skips={t.max_consecutive_skips}); "
           f"aborting at step {step + 1}. The checkpoints hold only finite "
           "states; see train/update_finite in metrics.jsonl.")
+    # A SIGTERM seen by any process stops all of them at the same step (the
+    # save is collective).
+    force = step + 1 == t.steps or stop
     for i, run in enumerate(runs):
       run.summary["last_eval"] = run.last_eval
-      # A SIGTERM seen by any process stops all of them at the same step
-      # (the save is collective).
+      if not (force or run.ckpt.should_save(step + 1)):
+        continue  # Slicing a replica out of the stack costs a state copy.
       run.ckpt.save(step + 1,
                     replicas_lib.unstack(state, i) if stacked else state,
                     data_state=run.train_iter.get_state(),
@@ -389,7 +393,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
                           "summary": run.summary},
                     metrics={k: v for k, v in run.last_eval.items()
                              if k.startswith("val/")} if do_eval else {},
-                    force=step + 1 == t.steps or stop)
+                    force=force)
     if stop:
       _LOG.warning("SIGTERM received: saved step %d, exiting cleanly; the "
                    "next launch with this workdir continues from it.",
