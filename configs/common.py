@@ -28,3 +28,20 @@ def parse_arg(arg: str | None, **defaults):
     else:
       out[name] = kind(value)
   return out
+
+
+def lora_config(enabled: bool = False, rank: int = 8, alpha: float = 16.0,
+                quant: str = "none", targets: str = ("q_proj,k_proj,v_proj,"
+                                                      "o_proj,gate_proj,"
+                                                      "up_proj,down_proj")
+                ) -> ml_collections.ConfigDict:
+  """The `lora` block (jaxrl_ent/models/lora.py): LoRA adapters as the only
+  trainable parameters, the base frozen (`quant` int8 / nf4: QLoRA).
+
+  targets: comma-separated PEFT module names. dropout: only 0.0 (a dropout
+  mask would make the trained policy differ from the one that sampled the
+  rollout, and the exact entropy dynamics from the realised step).
+  """
+  return ml_collections.ConfigDict(dict(
+      enabled=enabled, rank=rank, alpha=alpha, dropout=0.0, targets=targets,
+      quant=quant, seed=0))

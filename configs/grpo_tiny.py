@@ -61,7 +61,8 @@ def entropy_config(preset: str = "none") -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, entropy="none", runlocal=False, steps=0, seed=0,
-                       optim="adamw", b1=-1.0, wd=-1.0, lr_div=1.0)
+                       optim="adamw", b1=-1.0, wd=-1.0, lr_div=1.0,
+                       lora=False)
   c = ml_collections.ConfigDict()
   c.seed = a.seed
   c.model_path = ""
@@ -128,6 +129,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=5e-4, warmup_steps=0, schedule="constant", weight_decay=0.0,
       b1=0.9, b2=0.999, grad_clip=1.0, name="adamw"))
+  # :lora — LoRA adapters (rank 8 on all seven projections) as the only
+  # trainable parameters, the base frozen (jaxrl_ent/models/lora.py;
+  # quant=int8|nf4 for QLoRA); adapters take a 10x larger learning rate.
+  c.lora = common.lora_config(enabled=a.lora)
+  if a.lora:
+    c.optim.lr = 10 * c.optim.lr
   # Optimizer ablations of the entropy-dynamics docs (docs/entropy_dynamics.md):
   # :optim=sgd (clip → SGD, lr 1.0 here), :b1=0, :wd=0.01, :lr_div=10.
   c.optim.name = a.optim

@@ -41,6 +41,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    # LoRA adapters' rank axis (models/lora.py): small, whole everywhere.
+    ("lora_rank", None),
 )
 
 

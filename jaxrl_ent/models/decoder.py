@@ -25,6 +25,7 @@ from jaxrl_ent.models import attention as attention_lib
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decode_attention
 from jaxrl_ent.models import layers
+from jaxrl_ent.models import lora as lora_lib
 
 # name -> (shape builder, logical axes); the order fixes the scan carry layout.
 _LAYER_PARAMS = {
@@ -521,10 +522,15 @@ class DecoderLM(nnx.Module):
     """
     cfg = self.cfg
     if per_layer is None:
-      stacked = {n: getattr(self.layers, n)[...].astype(cfg.dtype)
-                 for n in layer_param_names(cfg)}
-      per_layer = tuple({n: w[i] for n, w in stacked.items()}
-                        for i in range(cfg.num_layers))
+      # LoRA: each layer's merged weight, by the same ops as the training
+      # scan (`lora.layer_weights`), so rollout and training agree exactly.
+      spec = getattr(self.layers, "lora", None)
+      stacked = lora_lib.stacked_inputs(self.layers, layer_param_names(cfg),
+                                        cfg.dtype)
+      per_layer = tuple(
+          lora_lib.layer_weights(spec, {n: w[i] for n, w in stacked.items()},
+                                 cfg.dtype)
+          for i in range(cfg.num_layers))
       if fuse:
         per_layer = tuple(_fuse_layer(p) for p in per_layer)
     weights = DecodeWeights(cfg=cfg, layers=per_layer, embed=self.embed[...],
@@ -568,11 +574,14 @@ class DecoderLM(nnx.Module):
 
     x = _embed(cfg, self.embed[...], tokens_bt)
     cos, sin = _rope_tables(cfg, positions_bt)
-    stacked = {n: getattr(self.layers, n)[...].astype(cfg.dtype)
-               for n in layer_param_names(cfg)}
+    stacked = lora_lib.stacked_inputs(self.layers, layer_param_names(cfg),
+                                      cfg.dtype)
+    spec = getattr(self.layers, "lora", None)
     name = ad_checkpoint.checkpoint_name
 
-    def layer(x, p):
+    def layer(x, raw):
+      # Identity without LoRA; else dequantise / merge this layer only.
+      p = lora_lib.layer_weights(spec, raw, cfg.dtype)
       q, k, v = _qkv(cfg, p, x, cos, sin)
       q, k, v = (name(q, "attn_q"), name(k, "attn_k"), name(v, "attn_v"))
       attn = attention_lib.attention(q, k, v, segment_ids_bt,

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
+from jaxrl_ent.models import lora
+
 
 @struct.dataclass
 class TrainState:
@@ -23,6 +25,11 @@ class TrainState:
       values.
     hparams: dict of float32 [] coefficients keyed by dotted config name
       (`rl.hparams`); empty for the fixed-transform kernel.
+    frozen: with LoRA (`models.lora`), the model's non-trainable state (the
+      frozen, possibly quantised base weights) as an `nnx.State`, carried
+      as an argument of the jitted update (closed over, it would be
+      embedded in the program as constants); None otherwise. Checkpoints
+      leave it out (`without_frozen`): the base is rebuilt from its source.
   """
   step: jax.Array
   params: Any
@@ -30,6 +37,7 @@ class TrainState:
   ctrl_state: Any
   skipped: jax.Array
   hparams: Any = struct.field(default_factory=dict)
+  frozen: Any = None
 
 
 def create(params, optimizer, controller, hparams=None) -> TrainState:
@@ -42,5 +50,21 @@ def create(params, optimizer, controller, hparams=None) -> TrainState:
 
 
 def split_model(model):
-  """(graphdef, params, rest): the trainable `nnx.Param`s and everything else."""
+  """(graphdef, params, rest): the trainable `nnx.Param`s and everything else.
+
+  A LoRA model (`models.lora`) trains its `lora.Adapter`s only: params are
+  the adapters, and the frozen base weights go to rest.
+  """
+  if nnx.state(model, lora.Adapter):
+    return nnx.split(model, lora.Adapter, ...)
   return nnx.split(model, nnx.Param, ...)
+
+
+def has_frozen_base(rest) -> bool:
+  """Whether `rest` (from `split_model`) holds frozen base weights (LoRA)."""
+  return bool(jax.tree.leaves(rest))
+
+
+def without_frozen(state: TrainState) -> TrainState:
+  """The state as checkpoints hold it (adapters, optimizer; no base)."""
+  return state.replace(frozen=None)

@@ -20,6 +20,7 @@ from flax import nnx
 
 from jaxrl_ent import models
 from jaxrl_ent import sharding
+from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.models import tiny_hf
 from jaxrl_ent.rewards import tasks
 from jaxrl_ent.train import distributed
@@ -87,7 +88,37 @@ def initial_policy(config, mesh):
 
 
 def build_policy(config, mesh, workdir):
-  """(policy, tokenizer) for the run; see the module docstring."""
+  """(policy, tokenizer) for the run; see the module docstring. With
+  `config.lora.enabled`, the base policy gets LoRA adapters (`add_lora`)."""
+  policy, tokenizer = _base_policy(config, mesh, workdir)
+  return add_lora(policy, config, mesh), tokenizer
+
+
+def lora_spec(config) -> "lora_lib.LoraSpec | None":
+  """The run's `models.lora.LoraSpec`, or None without `config.lora.enabled`."""
+  c = config.get("lora")
+  if c is None or not c.enabled:
+    return None
+  if float(c.get("dropout", 0.0)) != 0.0:
+    raise ValueError("lora.dropout must be 0.0 (see configs/common.py "
+                     "lora_config).")
+  return lora_lib.make_spec(
+      rank=c.rank, alpha=c.alpha, quant=c.quant,
+      targets=tuple(t.strip() for t in c.targets.split(",") if t.strip()))
+
+
+def add_lora(policy, config, mesh):
+  """`policy` with the run's LoRA adapters, sharded by the rules (or as is)."""
+  spec = lora_spec(config)
+  if spec is None:
+    return policy
+  rules = sharding.merge_rules(dict(config.sharding.rules))
+  return lora_lib.lora_sharded(policy, spec, mesh,
+                               seed=int(config.lora.get("seed", 0)),
+                               rules=rules)
+
+
+def _base_policy(config, mesh, workdir):
   if config.model_path:
     return initial_policy(config, mesh)
   _require_task(config)

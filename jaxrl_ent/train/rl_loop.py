@@ -41,6 +41,7 @@ from jaxrl_ent import rewards as rewards_lib
 from jaxrl_ent import rollout
 from jaxrl_ent import sharding
 from jaxrl_ent.data import pipeline
+from jaxrl_ent.rl import frozen_base
 from jaxrl_ent.rl import state as state_lib
 from jaxrl_ent.rl import update as update_lib
 from jaxrl_ent.rollout import sampler
@@ -207,12 +208,18 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   init = jax.jit(functools.partial(update_lib.init_state, spec))
   with sharding.use_mesh(mesh, rules):
     states = [init(p, h) for p, h in zip(params_list, hparams_list)]
+  # LoRA: the frozen base rides in the state (rl/frozen_base.py), and
+  # checkpoints hold the state without it (the base is rebuilt as above).
+  frozen = rest if state_lib.has_frozen_base(rest) else None
   abstract = checkpoint.abstract_state(states[0])
   one_sh = sharding.train_state_shardings(abstract, mesh, rules)
   found = _restore(runs, checkpoint.abstract_like(abstract, one_sh), config)
   start_step = 0
   if found is not None:
     states, start_step = found
+  states = [s.replace(frozen=frozen) for s in states]
+  abstract = checkpoint.abstract_state(states[0])
+  one_sh = sharding.train_state_shardings(abstract, mesh, rules)
   # A frozen copy of each replica's initial policy when a KL term needs it
   # (the initial weights: a resumed run rebuilds them as the first launch).
   ref_params = ([jax.tree.map(jnp.copy, p) for p in params_list]
@@ -229,7 +236,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
     ref = None if ref_params is None else ref_params[0]
   del states
   sharding.check_replication(state.params, state_sh.params)
-  update = update_lib.make_update(graphdef, rest, spec)
+  update = frozen_base.make_update(graphdef, rest, spec)
   ref_sh = None if ref is None else state_sh.params
   batch_sh = None  # Set on the first step, from the batch's shapes.
   compiled = {}
@@ -264,7 +271,12 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   def policy_of(i):
     params = (replicas_lib.unstack(state.params, i) if stacked
               else state.params)
-    return nnx.merge(graphdef, params, rest)
+    if state.frozen is None:
+      return nnx.merge(graphdef, params, rest)
+    # The update donates the state: the live base is the state's copy.
+    base = (replicas_lib.unstack(state.frozen, i) if stacked
+            else state.frozen)
+    return nnx.merge(graphdef, params, base)
 
   def evaluate(i):
     with sharding.use_mesh(mesh, rules):
@@ -386,8 +398,8 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
       run.summary["last_eval"] = run.last_eval
       if not (force or run.ckpt.should_save(step + 1)):
         continue  # Slicing a replica out of the stack costs a state copy.
-      run.ckpt.save(step + 1,
-                    replicas_lib.unstack(state, i) if stacked else state,
+      run.ckpt.save(step + 1, state_lib.without_frozen(
+                    replicas_lib.unstack(state, i) if stacked else state),
                     data_state=run.train_iter.get_state(),
                     meta={"config": run.config.to_dict(),
                           "summary": run.summary},

@@ -41,6 +41,7 @@ from jaxrl_ent.aot import chips
 from jaxrl_ent.data import records
 from jaxrl_ent.data import tokenization
 from jaxrl_ent.models import config as config_lib
+from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.rewards import registry as reward_registry
 from jaxrl_ent.rewards import scoring
 from jaxrl_ent.rewards import tasks
@@ -445,6 +446,27 @@ def _check_loss_and_rl(c: _Checker):
   c.num("optim.grad_clip", low=0.0, low_open=True, allow_none=True)
 
 
+def _check_lora(c: _Checker):
+  """The `lora` block (configs/common.lora_config, models/lora.py)."""
+  if _get(c.config, "lora") is _MISSING:
+    return
+  on = c.bool_("lora.enabled")
+  c.int_("lora.rank", low=1, required=on is True)
+  c.num("lora.alpha", low=0.0, low_open=True, required=on is True)
+  c.str_("lora.quant", choices=lora_lib.QUANT, required=on is True)
+  c.int_("lora.seed", low=0, required=False)
+  c.num("lora.dropout", low=0.0, high=0.0, required=False,
+        why=" (a dropout mask would make the trained policy differ from the "
+        "one that sampled the rollout)")
+  targets = c.str_("lora.targets", required=on is True)
+  if isinstance(targets, str):
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    bad = [t for t in names if t not in lora_lib.TARGETS]
+    if bad or not names:
+      c.add("lora.targets", f"got {targets!r}; allowed: comma-separated "
+            f"names from {tuple(lora_lib.TARGETS)}")
+
+
 def _check_batches(c: _Checker, dp: int | None, num_processes: int):
   t = {n: c.int_(f"train.{n}", low=1) for n in (
       "steps", "prompts_per_step", "ppo_epochs", "num_mini_batches",
@@ -572,6 +594,7 @@ def _run_checks(c: _Checker, num_devices: int, num_processes: int):
   max_prompt = _check_data(c)
   _check_entropy(c)
   _check_loss_and_rl(c)
+  _check_lora(c)
   _check_batches(c, dp, num_processes)
   _check_distributed(c)
   model_path = _get(c.config, "model_path")
