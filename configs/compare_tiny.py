@@ -76,6 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base.checkpoint.keep = 1
   base.tensorboard = False
   if not a.runlocal:
+    # The study's warm start stays the one its README numbers were measured
+    # with (60 steps on right answers only), not the main job's imperfect
+    # demonstrator (issue #20); the study's redesign (#17) may revisit it.
+    base.sft.steps = 60
+    base.sft.demo_accuracy = 1.0
     base.train.steps = 120
     base.train.prompts_per_step = 16
     base.train.num_mini_batches = 1

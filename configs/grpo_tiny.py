@@ -8,8 +8,26 @@ r"""GRPO on a synthetic task with a tiny policy: the README's main job.
 
 A ~0.4M-parameter Qwen2-style policy and a byte-level BPE tokenizer are built
 in-process (nothing is downloaded), warm-started by supervised training on
-task demonstrations (cached in <workdir>/sft_policy), then trained with GRPO
-on the `digits` task (reverse a digit string), scored on held-out prompts.
+an imperfect demonstrator's answers (cached in <workdir>/sft_policy), then
+trained with GRPO on the `digits` task (reverse a digit string), scored on
+held-out prompts.
+
+Why this job is built this way (issue #20: an unmistakable gain in a few
+minutes on a 2-core CPU, for every seed):
+- The demonstrator reverses the digits on 30 % of its examples and copies
+  them (the task's typical slip, `rewards.tasks.digits_mistake`) on the
+  rest (`sft.demo_accuracy=0.3`). The warm-started policy has the skill but
+  prefers the wrong answer: greedy accuracy starts near 0.05 while its
+  samples are right often enough (pass@4 ~0.25, mean reward ~0.3) for GRPO
+  to find and amplify the right behaviour. Learning the reversal itself
+  from a sparse exact-match reward (the earlier job: full-accuracy but
+  short warm start) took 400 steps to reach ~0.27.
+- The choice between the two answers is where the entropy is; as GRPO
+  commits to one, the rollout entropy collapses (~1 → < 0.1 nats/token):
+  the phenomenon this project is about, visible in the end-of-run summary.
+- 150 warm-start steps learn both behaviours (nll ~0.3); 200 GRPO steps of
+  32 prompts x 8 samples take greedy accuracy past 0.8 by step ~100 on the
+  seeds tried (README, "The main job"), ~5-6 min in all on a quiet machine.
 The entropy control is one field: `entropy.method` in
 none | entropy_bonus | clip_cov | kl_cov | high_entropy_tokens |
 adaptive_entropy | steer | aent, the coefficient-based ones annealable
@@ -97,9 +115,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       on_overlong="skip"))
 
   c.sft = ml_collections.ConfigDict(dict(
-      # Short on purpose: a long warm start saturates the task; 60 steps
-      # leave the RL phase room to show its gain.
-      steps=60, lr=3e-3, batch_size=64, seq_len=32, num_examples=5000))
+      # demo_accuracy: the share of demonstrations with the right answer,
+      # the rest show the task's typical mistake (see the module docstring).
+      steps=150, lr=3e-3, batch_size=64, seq_len=32, num_examples=5000,
+      demo_accuracy=0.3))
 
   # continuous: continuous batching over `num_slots` decode slots (0 = a
   # quarter of the rows), refilled as rows stop; off here, where the
@@ -153,7 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # time over 30 steps (+ one more compile), so every 20th keeps the main
   # job well inside +15 %; set 1 for a per-step account.
   c.train = ml_collections.ConfigDict(dict(
-      steps=400, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,
+      steps=200, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,
       recompute_old_logp=True, measure_every=20, max_consecutive_skips=5))
 
   # Replicas in one program (jaxrl_ent/train/replicas.py): e.g.

@@ -78,6 +78,16 @@ def digits_reward(completion: str, reference) -> float:
   return float(_tokens(completion) == _tokens(reference["answer"]))
 
 
+def digits_mistake(example: dict) -> str:
+  """The answer of the wrong operation: reverse/sort -> copy, copy -> reverse.
+
+  The typical slip of a demonstrator who knows the format and the digits
+  but not which transformation was asked (see `demonstrations`)."""
+  xs = example["prompt"].split(":", 1)[1].rstrip("= ").split()
+  wrong = "reverse" if example["op"] == "copy" else "copy"
+  return " ".join(_DIGIT_OPS[wrong](xs))
+
+
 def digits_partial_reward(completion: str, reference) -> float:
   """Fraction of positions right, over max(len(pred), len(answer)): dense."""
   pred, gold = _tokens(completion), _tokens(reference["answer"])
@@ -119,6 +129,16 @@ def arithmetic_reward(completion: str, reference) -> float:
     return 0.0
   return float(math_answers.answers_equal(pred, reference["answer"],
                                           use_math_verify=False))
+
+
+def arithmetic_mistake(example: dict) -> str:
+  """The value read strictly left to right, ignoring precedence (a slip)."""
+  parts = example["expression"].replace("(", "").replace(")", "").split()
+  value = int(parts[0])
+  for op, x in zip(parts[1::2], parts[2::2]):
+    value = {"+": value + int(x), "-": value - int(x),
+             "*": value * int(x)}[op]
+  return str(value)
 
 
 # --------------------------------------------------------------------------
@@ -207,11 +227,15 @@ class Task:
   name: str
   make: Callable[..., dict]
   reward: str  # Name in rewards.registry.REWARDS.
+  # A plausible wrong answer for an example (for imperfect demonstrations),
+  # or None where the task has no single typical slip.
+  mistake: Callable[[dict], str] | None = None
 
 
 TASKS = {
-    "digits": Task("digits", make_digits, "digits"),
-    "arithmetic": Task("arithmetic", make_arithmetic, "arithmetic"),
+    "digits": Task("digits", make_digits, "digits", digits_mistake),
+    "arithmetic": Task("arithmetic", make_arithmetic, "arithmetic",
+                       arithmetic_mistake),
     "countdown": Task("countdown", make_countdown, "countdown"),
 }
 
@@ -263,4 +287,37 @@ def generate(task: str, n: int, *, split: str = "train", seed: int = 0,
         continue
       seen.add(ex["prompt"])
     out.append(dict(id=f"{task}/{split}/{seed}/{i - 1}", task=task, **ex))
+  return out
+
+
+def demonstrations(task: str, examples: list[dict], *, accuracy: float,
+                   seed: int) -> list[dict]:
+  """`examples` as an imperfect demonstrator answers them.
+
+  Each example keeps its right answer with probability `accuracy` and gets
+  the task's typical mistake (`Task.mistake`) otherwise, drawn once per
+  example from `random.Random(f"demo:{task}:{seed}:{i}")`. A policy
+  warm-started on these has the skill without preferring it: its samples
+  are right a fraction of the time, so reinforcement learning has a
+  behaviour to find and amplify (and an entropy to collapse) rather than a
+  skill to learn from a sparse reward.
+
+  Raises:
+    ValueError: `accuracy` outside [0, 1], or < 1 for a task without a
+      `mistake`.
+  """
+  if not 0.0 <= accuracy <= 1.0:
+    raise ValueError(f"accuracy must be in [0, 1], got {accuracy}")
+  if accuracy == 1.0:
+    return list(examples)
+  mistake = TASKS[task].mistake if task in TASKS else None
+  if mistake is None:
+    raise ValueError(f"task {task!r} has no typical mistake to demonstrate; "
+                     f"imperfect demonstrations need one of "
+                     f"{sorted(k for k, t in TASKS.items() if t.mistake)}")
+  out = []
+  for i, e in enumerate(examples):
+    if random.Random(f"demo:{task}:{seed}:{i}").random() >= accuracy:
+      e = dict(e, answer=mistake(e), demo_mistake=True)
+    out.append(e)
   return out

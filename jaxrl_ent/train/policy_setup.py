@@ -174,7 +174,9 @@ def demonstration_batches(examples, tokenizer, *, batch_size: int,
 def supervised_warm_start(policy, tokenizer, config, mesh):
   """`config.sft.steps` of next-token training on task demonstrations."""
   s = config.sft
-  examples = task_examples(config.data, "train", s.num_examples)
+  examples = tasks.demonstrations(
+      config.data.task, task_examples(config.data, "train", s.num_examples),
+      accuracy=float(s.get("demo_accuracy", 1.0)), seed=config.seed)
   graphdef, params, rest = state_lib.split_model(policy)
   opt = optim.make_optimizer(lr=s.lr, total_steps=s.steps,
                              warmup_steps=min(20, s.steps // 10),

@@ -540,6 +540,14 @@ def _check_rest(c: _Checker, context, max_prompt, sft_on):
   c.int_("sft.batch_size", low=1, required=used)
   c.int_("sft.num_examples", low=1, required=used)
   seq = c.int_("sft.seq_len", low=2, required=used)
+  acc = c.num("sft.demo_accuracy", low=0.0, high=1.0, required=False)
+  task = _get(c.config, "data.task")
+  if (used and isinstance(acc, (int, float)) and acc < 1.0
+      and task in tasks.TASKS and tasks.TASKS[task].mistake is None):
+    c.add("sft.demo_accuracy", f"{acc} < 1 needs a task with a typical "
+          f"mistake to demonstrate; data.task={task!r} has none (allowed: "
+          f"1.0, or a task among "
+          f"{sorted(k for k, t in tasks.TASKS.items() if t.mistake)})")
   if used:
     if context is not None and seq is not _MISSING and seq > context:
       c.add("sft.seq_len", f"{seq} exceeds the model's context of {context} "

@@ -118,5 +118,61 @@ class GenerateTest(parameterized.TestCase):
       tasks.generate("digits", 1, ops=("shuffle",))
 
 
+
+class DemonstrationsTest(parameterized.TestCase):
+
+  def test_digits_mistake_is_the_other_operation(self):
+    # Written out by hand, not through _DIGIT_OPS.
+    cases = [({"prompt": "reverse: 3 1 4 =", "op": "reverse"}, "3 1 4"),
+             ({"prompt": "sort: 3 1 4 =", "op": "sort"}, "3 1 4"),
+             ({"prompt": "copy: 3 1 4 =", "op": "copy"}, "4 1 3")]
+    for example, wrong in cases:
+      self.assertEqual(tasks.digits_mistake(example), wrong)
+
+  @parameterized.parameters(("2 + 3 * 4", 20), ("7 - 2 * 3", 15),
+                            ("(9 - 3) * 2 - 1", 11), ("8 * 2 - 3", 13))
+  def test_arithmetic_mistake_reads_left_to_right(self, expression, value):
+    self.assertEqual(tasks.arithmetic_mistake({"expression": expression}),
+                     str(value))
+
+  def test_share_of_right_answers_and_determinism(self):
+    examples = tasks.generate("digits", 2000, min_len=3, max_len=4)
+    demos = tasks.demonstrations("digits", examples, accuracy=0.3, seed=7)
+    again = tasks.demonstrations("digits", examples, accuracy=0.3, seed=7)
+    other = tasks.demonstrations("digits", examples, accuracy=0.3, seed=8)
+    self.assertEqual(demos, again)
+    self.assertNotEqual(demos, other)
+    kept = [not d.get("demo_mistake") for d in demos]
+    # Binomial(2000, 0.3): sd ~0.010, so 0.3 +- 0.04 is a 4-sigma band.
+    # (Right answers are a little more: a palindrome's copy is its reverse.)
+    self.assertAlmostEqual(sum(kept) / len(kept), 0.3, delta=0.04)
+    for d, e in zip(demos, examples):
+      self.assertEqual(d["prompt"], e["prompt"])
+      if d.get("demo_mistake"):
+        digits = e["prompt"].split(":")[1].rstrip("= ").split()
+        self.assertEqual(d["answer"], " ".join(digits))  # The copy.
+      else:
+        self.assertEqual(d["answer"], e["answer"])
+    # A mistake scores 0 under the task's verifier unless the digits are a
+    # palindrome.
+    for d, e in zip(demos, examples):
+      if d.get("demo_mistake"):
+        digits = e["prompt"].split(":")[1].rstrip("= ").split()
+        self.assertEqual(tasks.digits_reward(d["answer"], e),
+                         float(digits == digits[::-1]))
+
+  def test_accuracy_one_keeps_the_examples(self):
+    examples = tasks.generate("digits", 20)
+    self.assertEqual(tasks.demonstrations("digits", examples, accuracy=1.0,
+                                          seed=0), examples)
+
+  def test_errors(self):
+    examples = tasks.generate("countdown", 3)
+    with self.assertRaisesRegex(ValueError, "no typical mistake"):
+      tasks.demonstrations("countdown", examples, accuracy=0.5, seed=0)
+    with self.assertRaisesRegex(ValueError, r"\[0, 1\]"):
+      tasks.demonstrations("digits", examples, accuracy=1.5, seed=0)
+
+
 if __name__ == "__main__":
   absltest.main()

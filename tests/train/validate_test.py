@@ -69,6 +69,16 @@ def _wrong_type(section, field, value):
   return edit
 
 
+def _countdown_demos(accuracy):
+  # Countdown has many right answers and no single typical slip, so no
+  # imperfect demonstrator (rewards.tasks.Task.mistake is None).
+  def edit(c):
+    c.data.task = "countdown"
+    c.data.task_kwargs = {}
+    c.sft.demo_accuracy = accuracy
+  return edit
+
+
 def _mesh(**sizes):
   def edit(c):
     c.mesh = ml_collections.ConfigDict(sizes)
@@ -144,6 +154,10 @@ BAD_CONFIGS = (
     ("top_p", _set("rollout.top_p", 1.5), "rollout.top_p", "(0, 1]", 1),
     ("context", _set("data.max_prompt_length", 60), "data.max_prompt_length",
      "68 exceeds the model's context of 64", 1),
+    ("demo_accuracy_range", _set("sft.demo_accuracy", 1.5),
+     "sft.demo_accuracy", "[0, 1]", 1),
+    ("demo_accuracy_no_mistake", _countdown_demos(0.5), "sft.demo_accuracy",
+     "'countdown' has none", 1),
     ("sft_context", _set("sft.seq_len", 100), "sft.seq_len",
      "exceeds the model's context of 64", 1),
     ("kv_heads", _set("model.num_kv_heads", 3), "model.num_kv_heads",
