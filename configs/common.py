@@ -45,3 +45,18 @@ def lora_config(enabled: bool = False, rank: int = 8, alpha: float = 16.0,
   return ml_collections.ConfigDict(dict(
       enabled=enabled, rank=rank, alpha=alpha, dropout=0.0, targets=targets,
       quant=quant, seed=0))
+
+
+def wandb_config(enabled: bool = False, project: str = "jaxrl_ent",
+                 mode: str = "online") -> ml_collections.ConfigDict:
+  """The `wandb` block (jaxrl_ent/train/wandb_writer.py): Weights & Biases
+  as a third metrics writer beside metrics.jsonl and TensorBoard, off by
+  default (`wandb` is imported only when enabled).
+
+  mode: "online", "offline" (files only; `wandb sync` later) or
+  "disabled". name, group, entity, notes: "" = W&B's default (name: the run
+  directory's name). dir: W&B's local files ("" = $WANDB_DIR or ./wandb).
+  """
+  return ml_collections.ConfigDict(dict(
+      enabled=enabled, project=project, entity="", name="", group="",
+      tags=(), notes="", mode=mode, dir=""))

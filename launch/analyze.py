@@ -9,12 +9,12 @@ Writes into --out one PNG per plot kind (reward_entropy, entropy_law,
 entropy_change, covariance, tokens_touched; a kind no run has metrics for is
 skipped with a message), overview.png (all panels in one figure) and
 summary.md (the markdown table, also printed). See jaxrl_ent/analysis/.
+--workdirs and --out may be gs:// URLs (globs too).
 """
 
-import glob
 import os
-import pathlib
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxrl_ent.analysis import plots
 from jaxrl_ent.analysis import report
 from jaxrl_ent.analysis import runs as runs_lib
+from jaxrl_ent import storage
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -48,36 +49,52 @@ flags.DEFINE_integer("smooth", None, "Moving-average window for per-step "
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
-def expand_workdirs(entries) -> list[pathlib.Path]:
-  """Expands globs; a plain entry is kept even if missing (load_run says so).
+def expand_workdirs(entries) -> list[storage.Path]:
+  """Expands globs (local or gs://); a plain entry is kept even if missing
+  (load_run says so).
 
   Raises:
     FileNotFoundError: a glob pattern matched nothing.
   """
   out = []
   for entry in entries:
-    if glob.has_magic(entry):
-      matches = sorted(p for p in glob.glob(entry) if os.path.isdir(p))
+    if storage.has_magic(entry):
+      matches = [p for p in storage.glob(entry) if storage.isdir(p)]
       if not matches:
         raise FileNotFoundError(f"--workdirs pattern {entry!r} matched no "
                                 "directory")
-      out.extend(pathlib.Path(p) for p in matches)
+      out.extend(storage.path(p) for p in matches)
     else:
-      out.append(pathlib.Path(entry))
+      out.append(storage.path(entry))
   return out
+
+
+def _absolute(p):
+  return p if storage.is_remote(p) else p.resolve()
 
 
 def _unique_names(paths) -> list[str]:
   # Base names label the runs; when two collide (…/a/run, …/b/run) use the
   # last two path components instead.
-  names = [p.resolve().name for p in paths]
-  return [f"{p.resolve().parent.name}/{n}" if names.count(n) > 1 else n
+  names = [_absolute(p).name for p in paths]
+  return [f"{_absolute(p).parent.name}/{n}" if names.count(n) > 1 else n
           for p, n in zip(paths, names)]
 
 
 def analyze(workdirs, out, *, fit_on="train", fit_smooth=1, smooth=None,
             log=print) -> str:
-  """Loads the runs, writes the plots and summary.md; returns the table."""
+  """Loads the runs, writes the plots and summary.md; returns the table.
+
+  `out` may be a gs:// folder: the files are written locally, then
+  uploaded.
+  """
+  if storage.is_remote(out):
+    with tempfile.TemporaryDirectory(prefix="jaxrl_ent_analysis_") as tmp:
+      table = analyze(workdirs, tmp, fit_on=fit_on, fit_smooth=fit_smooth,
+                      smooth=smooth, log=lambda *a: None)
+      storage.upload_dir(tmp, out)
+    log(f"wrote the plots and summary.md to {out}")
+    return table
   paths = expand_workdirs(workdirs)
   runs = []
   for path, name in zip(paths, _unique_names(paths)):
@@ -100,7 +117,7 @@ def analyze(workdirs, out, *, fit_on="train", fit_smooth=1, smooth=None,
     table += "\nSkipped plots:\n" + "".join(
         f"- {k}: {v}\n" for k, v in result.skipped.items())
   summary_path = os.path.join(out, "summary.md")
-  pathlib.Path(summary_path).write_text(table)
+  storage.write_text(summary_path, table)
   log(f"wrote {summary_path}")
   return table
 

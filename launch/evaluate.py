@@ -15,13 +15,17 @@ checkpoint, and its `eval.*`, `rollout.*` and `data.*` fields say what to
 evaluate on (override them freely). The same `Evaluator` and evaluation key
 as the trainer's are used, so the numbers for a saved step equal the run's
 `val/*` metrics at that step. Prints a table and writes `eval.json`
-(default `<workdir>/eval.json`, see --output).
+(default `<workdir>/eval.json`, see --output). Every path may be a
+`gs://` URL.
+
+Multi-host: run it on every worker (`launch/tpu_pod.sh --job=evaluate`); it
+joins the JAX cluster like launch/train.py (`config.distributed`), every
+process evaluates its block of prompts, process 0 writes.
 """
 
 import json
 import logging
 import os
-import pathlib
 import sys
 import time
 
@@ -40,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxrl_ent import models
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
+from jaxrl_ent.train import distributed
 from jaxrl_ent.train import run_policy
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -82,7 +88,7 @@ def load_policy(config, mesh, *, workdir, policy_path=None,
                                     rules=rules)
     return policy, models.load_tokenizer(policy_path), {
         "policy": str(policy_path), "step": None}
-  ckpt_dir = checkpoint_dir or pathlib.Path(workdir) / "ckpt"
+  ckpt_dir = checkpoint_dir or storage.path(workdir) / "ckpt"
   policy, tokenizer, restored, _ = run_policy.restore_policy(
       config, ckpt_dir, mesh, step=step)
   return policy, tokenizer, {"checkpoint_dir": str(ckpt_dir),
@@ -105,7 +111,7 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, policy_path=None,
   if policy_path and (step is not None or checkpoint_dir):
     raise app.UsageError("--policy evaluates an HF folder; --step and "
                          "--checkpoint_dir select a checkpoint instead.")
-  if policy_path and not (pathlib.Path(policy_path) / "config.json").exists():
+  if policy_path and not (storage.path(policy_path) / "config.json").exists():
     raise FileNotFoundError(f"--policy={policy_path}: no config.json there; "
                             "expected an HF-format policy folder.")
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -117,10 +123,9 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, policy_path=None,
   record = {**source, "metrics": metrics,
             "eval": config.eval.to_dict(),
             "seconds": time.perf_counter() - start}
-  out = pathlib.Path(output or pathlib.Path(workdir) / OUTPUT_FILE)
+  out = storage.path(output or storage.path(workdir) / OUTPUT_FILE)
   if jax.process_index() == 0:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    storage.write_text(out, json.dumps(record, indent=2))
   record["output"] = str(out)
   return record
 
@@ -130,6 +135,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   absl_logging.set_verbosity(absl_logging.WARNING)
   _quiet_orbax_read_only()
+  # Multi-host: join the other processes before anything counts devices.
+  try:
+    distributed.maybe_initialize(_CONFIG.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   record = run(_CONFIG.value, _WORKDIR.value, step=_STEP.value,
                checkpoint_dir=_CHECKPOINT_DIR.value,
                policy_path=_POLICY.value, output=_OUTPUT.value)

@@ -16,13 +16,16 @@ run, start RL from the result with `--config.model_path=<folder>`.
 An existing folder is reused (the job is done; relaunching is harmless)
 unless --overwrite. Reports the NLL of held-out demonstrations before and
 after, and the trainer's held-out greedy accuracy / pass@k of the result;
-writes them to `<workdir>/sft.json`.
+writes them to `<workdir>/sft.json`. Every path may be a `gs://` URL.
+
+Multi-host: run it on every worker (`launch/tpu_pod.sh --job=sft`); it joins
+the JAX cluster like launch/train.py (`config.distributed`); process 0
+writes.
 """
 
 import json
 import logging
 import os
-import pathlib
 import sys
 import time
 
@@ -42,6 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxrl_ent import models
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
+from jaxrl_ent.train import distributed
 from jaxrl_ent.train import policy_setup
 from jaxrl_ent.train import run_policy
 from jaxrl_ent.train import sft as sft_lib
@@ -106,8 +111,8 @@ def run(config, workdir, *, output_dir=None, overwrite=False,
     ValueError: `config.sft.steps` is 0 or `config.data.task` is unset.
   """
   check_config(config)
-  workdir = pathlib.Path(workdir)
-  out = pathlib.Path(output_dir or workdir / "sft_policy")
+  workdir = storage.path(workdir)
+  out = storage.path(output_dir or workdir / "sft_policy")
   mesh = sharding.make_mesh(dict(config.mesh))
   start = time.perf_counter()
   record = {"output_dir": str(out), "steps": config.sft.steps}
@@ -135,8 +140,7 @@ def run(config, workdir, *, output_dir=None, overwrite=False,
                                                 mesh)
   record["seconds"] = time.perf_counter() - start
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / OUTPUT_FILE).write_text(json.dumps(record, indent=2))
+    storage.write_text(workdir / OUTPUT_FILE, json.dumps(record, indent=2))
   return record
 
 
@@ -145,6 +149,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   absl_logging.set_verbosity(absl_logging.WARNING)
   try:
+    # Multi-host: join the other processes before anything counts devices.
+    distributed.maybe_initialize(_CONFIG.value)
     check_config(_CONFIG.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None

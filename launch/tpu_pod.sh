@@ -3,7 +3,7 @@
 #
 #   launch/tpu_pod.sh --name=my-v5e --zone=us-west4-a \
 #       --accelerator=v5litepod-16 --config=configs/tpu_qwen.py \
-#       --workdir=/gcs/my-bucket/runs/qwen05 --create \
+#       --workdir=gs://my-bucket/runs/qwen05 --create \
 #       -- --config.train.steps=500
 #
 # Steps, each one `gcloud` command (printed, not run, with --dry-run):
@@ -13,17 +13,22 @@
 #      (`tpu-vm scp --worker=all`), or with --repo=URL a `git clone` there;
 #   3. `pip install -e '.[tpu]'` on every worker (skip: --skip-install);
 #   4. `tpu-vm ssh --worker=all --command='python3 launch/<job>.py
-#      --config=... --workdir=... <flags after -->'`: JAX's multi-host
-#      runtime needs the same command on every host at once, which
-#      --worker=all does. The job streams its output here; with --detach it
-#      runs under nohup on each worker (log: ~/jaxrl_ent_<job>.log).
+#      --config=... --workdir=... --config.distributed.initialize=always
+#      <flags after -->'`: JAX's multi-host runtime needs the same command
+#      on every host at once, which --worker=all does, and every job
+#      (train, sft, evaluate, export) joins it (`initialize=always`: JAX
+#      finds the coordinator and process ids in the TPU metadata; pass
+#      --config.distributed.initialize=... after -- to choose otherwise).
+#      The job streams its output here; with --detach it runs under nohup
+#      on each worker (log: ~/jaxrl_ent_<job>.log).
 #
 # The workdir must be one path that every worker sees, since each host
-# writes its own checkpoint shards there. The trainer opens it with pathlib
-# today, which cannot take gs:// URLs, so use a bucket mounted at the same
-# path on every worker (gcsfuse) or another shared filesystem. After a
-# preemption, run the same command again (without --create if the slice is
-# back): the job resumes from the workdir's latest checkpoint.
+# writes its own checkpoint shards there: a bucket, gs://BUCKET/PATH (the
+# VMs' service account needs read/write access to it); checkpoints, metrics,
+# TensorBoard events, the warm-start cache and exports all go there, and
+# data.train_paths / model_path may be gs:// too. After a preemption, run
+# the same command again (without --create if the slice is back): the job
+# resumes from the workdir's latest checkpoint.
 #
 # Needs the Google Cloud SDK, an authenticated account and TPU quota; not
 # run by the tests (tests/launch/tpu_pod_test.py checks --dry-run's output).
@@ -43,8 +48,7 @@ usage: launch/tpu_pod.sh --name=TPU_NAME --zone=ZONE --accelerator=TYPE
   --accelerator   accelerator type, e.g. v5litepod-16, v4-32 (with --create)
   --config        config file relative to the repository, e.g.
                   configs/tpu_qwen.py or configs/grpo_tiny.py:entropy=clip_cov
-  --workdir       run directory every worker sees at the same path (e.g. a
-                  gcsfuse-mounted bucket)
+  --workdir       run directory every worker sees, e.g. gs://BUCKET/runs/x
   --project       GCP project (default: gcloud's configured one)
   --create        create the TPU VM first
   --spot          with --create: a Spot (preemptible) VM
@@ -177,9 +181,14 @@ if ((SKIP_INSTALL == 0)); then
   on_all_workers "cd ~/jaxrl_ent && python3 -m pip install -q -e '.[tpu]'"
 fi
 
-# 4. The job, on every host at once.
-job=(python3 "launch/$JOB.py" "--config=$CONFIG" "--workdir=$WORKDIR"
-     ${EXTRA[@]+"${EXTRA[@]}"})
+# 4. The job, on every host at once, joined into one JAX cluster (unless the
+# launcher flags choose a distributed.initialize mode themselves).
+job=(python3 "launch/$JOB.py" "--config=$CONFIG" "--workdir=$WORKDIR")
+case " ${EXTRA[*]-} " in
+  *" --config.distributed.initialize="*) ;;
+  *) job+=(--config.distributed.initialize=always) ;;
+esac
+job+=(${EXTRA[@]+"${EXTRA[@]}"})
 job_cmd="$(printf '%q ' "${job[@]}")"
 job_cmd="${job_cmd% }"
 if ((DETACH)); then

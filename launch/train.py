@@ -63,7 +63,9 @@ def main(argv):
   if jax.process_index() != 0:
     return  # Every process holds the same numbers; one prints them.
   if "replicas" not in summary:
-    print(open(os.path.join(FLAGS.workdir, "summary.txt")).read(), end="")
+    from jaxrl_ent import storage  # pylint: disable=g-import-not-at-top
+    print(storage.read_text(storage.join(FLAGS.workdir, "summary.txt")),
+          end="")
     return
   # A sweep: one line per replica, the full summaries in their directories.
   print(f"{len(summary['replicas'])} replicas, held-out greedy accuracy "
@@ -71,7 +73,7 @@ def main(argv):
   for name, s in summary["replicas"].items():
     print(f"  {name}: {s['initial_eval']['val/greedy_acc']:.3f} -> "
           f"{s['final_eval']['val/greedy_acc']:.3f}   "
-          f"({os.path.join(s['workdir'], 'summary.txt')})")
+          f"({s['workdir']}/summary.txt)")
 
 
 if __name__ == "__main__":

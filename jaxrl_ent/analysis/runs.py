@@ -19,11 +19,12 @@ import dataclasses
 import json
 import logging
 import math
-import pathlib
 import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from jaxrl_ent import storage
 
 _LOG = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Run:
     method_source: "config", "summary", "metrics" or "unknown".
   """
   name: str
-  workdir: pathlib.Path
+  workdir: storage.Path
   records: tuple
   summary: dict
   config: dict | None
@@ -191,7 +192,7 @@ def read_records(path) -> list[dict]:
     FileNotFoundError: `path` does not exist.
     ValueError: a line (not the last) is not a JSON object with a `step`.
   """
-  path = pathlib.Path(path)
+  path = storage.path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no metrics file at {path}")
   lines = path.read_text().splitlines()
@@ -221,7 +222,7 @@ def load_config(workdir) -> dict | None:
   Checkpoint steps are tried newest first; a step whose meta is missing or
   not JSON (e.g. mid-commit) is skipped.
   """
-  ckpt = pathlib.Path(workdir) / "ckpt"
+  ckpt = storage.path(workdir) / "ckpt"
   if not ckpt.is_dir():
     return None
   steps = sorted((int(p.name) for p in ckpt.iterdir()
@@ -264,7 +265,7 @@ def load_run(workdir, name: str | None = None) -> Run:
     FileNotFoundError: `workdir` is not a directory, or has no metrics.jsonl.
     ValueError: metrics.jsonl is malformed or has no records.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f"run workdir {workdir} does not exist or is not "
                             "a directory")

@@ -4,14 +4,18 @@ A record is one prompt: `id`, raw `prompt` text, `answer`, and the
 `reference` handed to the reward function (the source row as a dict, with
 `answer` set). Every problem in the data is a `DataError` (or
 `FileNotFoundError`) whose message starts with `path:line:`.
+
+Paths and glob patterns may be local or in a bucket (`gs://bucket/data/
+*.jsonl.gz`; `jaxrl_ent/storage.py`).
 """
 
 import dataclasses
-import glob
 import gzip
 import json
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
+
+from jaxrl_ent import storage
 
 
 class DataError(ValueError):
@@ -46,12 +50,12 @@ def expand_paths(paths: str | Sequence[str]) -> list[str]:
     paths = [paths]
   out = []
   for p in map(str, paths):
-    if glob.has_magic(p):
-      matches = sorted(glob.glob(p))
+    if storage.has_magic(p):
+      matches = [m for m in storage.glob(p) if storage.isfile(m)]
       if not matches:
         raise FileNotFoundError(f"no prompt files match pattern {p!r}")
       out.extend(matches)
-    elif not os.path.isfile(p):
+    elif not storage.isfile(p):
       raise FileNotFoundError(f"prompt file not found: {p}")
     else:
       out.append(p)
@@ -69,8 +73,9 @@ def _file_format(path: str) -> str:
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[str, dict]]:
-  opener = gzip.open if path.lower().endswith(".gz") else open
-  with opener(path, "rb") as f:
+  with storage.path(path).open("rb") as raw_file:
+    f = (gzip.GzipFile(fileobj=raw_file) if path.lower().endswith(".gz")
+         else raw_file)
     for lineno, raw in enumerate(f, start=1):
       where = f"{path}:{lineno}"
       try:
@@ -95,7 +100,8 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict]]:
 def _read_parquet(path: str) -> Iterator[tuple[str, dict]]:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   try:
-    table = pq.read_table(path)
+    with storage.path(path).open("rb") as f:
+      table = pq.read_table(f)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"{path}: cannot read Parquet: {e}") from None
   for i, row in enumerate(table.to_pylist(), start=1):

@@ -9,12 +9,20 @@ device ever holds a full unsharded copy of a sharded parameter.
 
 `save_pretrained` writes a folder that transformers (and vLLM, SGLang, ...)
 load as an ordinary checkpoint.
+
+Folders may be local or in a bucket (`gs://...`, `jaxrl_ent/storage.py`):
+safetensors and transformers read local files, so a remote folder is copied
+to a temporary local directory to load it (on every process), and written
+locally then uploaded, `config.json` last (the file that makes a folder a
+checkpoint for `load_config` and the warm-start cache).
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import struct
+import tempfile
 from collections.abc import Callable, Sequence
 
 import jax
@@ -23,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decoder
 
@@ -163,6 +172,10 @@ def load_config(path: str | os.PathLike, *, dtype=jnp.float32,
                 param_dtype=None, remat: bool = False
                 ) -> config_lib.ModelConfig:
   """Reads `config.json` with transformers' AutoConfig (local files only)."""
+  if storage.is_remote(path):
+    with _staged(path) as local:
+      return load_config(local, dtype=dtype, param_dtype=param_dtype,
+                         remat=remat)
   path = pathlib.Path(path)
   if not path.is_dir():
     raise CheckpointError(f"{path}: checkpoint folder does not exist.")
@@ -236,6 +249,11 @@ def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
       tensor, shape mismatch or truncated file; it names the file or tensor,
       and is raised before any device memory is allocated.
   """
+  if storage.is_remote(path):
+    with _staged(path) as local:
+      return from_pretrained(
+          local, mesh, dtype=dtype, param_dtype=param_dtype, rules=rules,
+          remat=remat, max_replicated_fraction=max_replicated_fraction)
   path = pathlib.Path(path)
   cfg = load_config(path, dtype=dtype, param_dtype=param_dtype, remat=remat)
   table = _tensor_table(path)
@@ -317,6 +335,9 @@ def save_pretrained(model: decoder.DecoderLM, path: str | os.PathLike, *,
     The folder. In multi-process runs every process must call this (the
     parameters are gathered collectively); only process 0 writes.
   """
+  if storage.is_remote(path):
+    return _save_remote(model, path, dtype=dtype,
+                        max_shard_bytes=max_shard_bytes, tokenizer=tokenizer)
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   cfg = model.cfg
   path = pathlib.Path(path)
@@ -372,6 +393,9 @@ def save_pretrained(model: decoder.DecoderLM, path: str | os.PathLike, *,
 
 def load_tokenizer(path: str | os.PathLike):
   """The checkpoint's tokenizer (with its chat template), local files only."""
+  if storage.is_remote(path):
+    with _staged(path) as local:
+      return load_tokenizer(local)
   import transformers  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   if not path.is_dir():
@@ -391,3 +415,34 @@ def load_tokenizer(path: str | os.PathLike):
     return cls.from_pretrained(str(path), local_files_only=True)
   except (OSError, ValueError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path}: cannot load a tokenizer ({e}).") from e
+
+
+# ---------------------------------------------------------------------------
+# Remote folders (gs://...).
+
+@contextlib.contextmanager
+def _staged(path):
+  """A local copy of remote folder `path`; errors name `path`, not the copy."""
+  if not storage.isdir(path):
+    raise CheckpointError(f"{path}: checkpoint folder does not exist.")
+  with storage.local_copy(path) as local:
+    try:
+      yield local
+    except CheckpointError as e:
+      raise CheckpointError(str(e).replace(str(local), str(path))) from None
+
+
+def _save_remote(model, path, *, dtype, max_shard_bytes, tokenizer):
+  """`save_pretrained` to a bucket: written locally, then uploaded."""
+  out = storage.path(path)
+  with tempfile.TemporaryDirectory(prefix="jaxrl_ent_export_") as tmp:
+    save_pretrained(model, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                    tokenizer=tokenizer)
+    if jax.process_index() == 0:
+      # The folder stops being a checkpoint first, then loses stale shards.
+      if out.exists():
+        storage.remove_files([out / "config.json"])
+        storage.remove_files(list(out.glob("*.safetensors")) +
+                             [out / _SAFETENSORS_INDEX])
+      storage.upload_dir(tmp, out, last=("config.json",))
+  return out

@@ -31,7 +31,9 @@ edited integrity record makes that step *unusable*; the newest usable step
 at or below the requested one is returned, with a `logging.warning` naming
 each skipped step and its path. Skipped steps newer than the one restored
 are moved to `<directory>/quarantine/` (never deleted), so the run can write
-those steps again and keep-N does not count them. If no step is usable,
+those steps again and keep-N does not count them. On a bucket the move is a
+copy of every object, then the step's `commit_success.txt` is deleted first
+(orbax stops seeing the step at once), then the rest. If no step is usable,
 `CheckpointIntegrityError` lists every step and why.
 
 A state with a non-finite floating leaf is never written: `save` refuses it
@@ -86,6 +88,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from jaxrl_ent import storage
 from jaxrl_ent.train import distributed
 from jaxrl_ent.train import fingerprint
 
@@ -97,6 +100,8 @@ _LOG = logging.getLogger(__name__)
 _FORMAT_VERSION = 1
 _ITEMS = ("state", "data", "meta", "integrity")
 _QUARANTINE = "quarantine"
+# What marks a finalized step on GCS (orbax's commit protocol there).
+_COMMIT_MARKER = "commit_success.txt"
 _PER_PROCESS = "per_process"
 
 
@@ -467,7 +472,8 @@ class Checkpointer:
       for s, _ in skipped:
         dst = qdir / f"{s}-{int(time.time())}"
         try:
-          self.step_dir(s).rename(dst)
+          storage.move_tree(self.step_dir(s), dst,
+                            first_removed=_COMMIT_MARKER)
         except OSError as e:  # The restore itself succeeded; just report.
           _LOG.warning("checkpoint: could not move unusable step %d to %s "
                        "(%s); remove it by hand.", s, dst, e)

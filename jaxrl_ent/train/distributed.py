@@ -21,12 +21,15 @@ Who does what in `rl_loop.train_and_evaluate` with P processes:
 Configuration (`config.distributed`, optional; environment fallbacks):
 
   initialize:  "auto" (default): initialize when a coordinator is named
-                (config or `JAX_COORDINATOR_ADDRESS`), else run as a single
-                process; "always": call `jax.distributed.initialize` with
-                whatever is given, JAX detecting the rest (on a TPU pod
-                slice it finds everything from the TPU metadata, so
-                `--config.distributed.initialize=always` is all a pod run
-                needs); "never": single process.
+                (config or `JAX_COORDINATOR_ADDRESS`), or when
+                `detect_cluster` finds a multi-host environment of the kind
+                JAX's own cluster detection reads (then JAX detects the
+                rest), else run as a single process; "always": call
+                `jax.distributed.initialize` with whatever is given, JAX
+                detecting the rest; "never": single process, and an error in
+                a detected multi-host environment (every host would run its
+                own independent job into the same workdir);
+                "force_single": single process even there.
   coordinator_address:  "host:port" of process 0 (`JAX_COORDINATOR_ADDRESS`).
   num_processes:  number of processes, 0 = unset (`JAX_NUM_PROCESSES`).
   process_id:  this process, -1 = unset (`JAX_PROCESS_ID`).
@@ -42,7 +45,7 @@ import numpy as np
 
 _LOG = logging.getLogger(__name__)
 
-MODES = ("auto", "always", "never")
+MODES = ("auto", "always", "never", "force_single")
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
@@ -67,18 +70,90 @@ def _env_int(name: str) -> int | None:
                      "integer.") from None
 
 
+def _count(value: str | None) -> int:
+  try:
+    return int(value or 0)
+  except ValueError:
+    return 0
+
+
+def _gce_tpu_workers() -> int:
+  """Workers of this Cloud TPU VM slice from the metadata server (what
+  JAX's `GceTpuCluster` reads), 0 when not on a TPU VM or unknown."""
+  if os.environ.get("TPU_SKIP_MDS_QUERY") is not None:
+    return 0
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms and "tpu" not in platforms.split(","):
+    return 0
+  # pylint: disable=g-import-not-at-top,protected-access
+  try:
+    from jax._src import hardware_utils
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    if not chips:
+      return 0
+    from jax._src.clusters import cloud_tpu_cluster
+    return len(cloud_tpu_cluster.GceTpuCluster._get_worker_list_in_slice())
+  except Exception:  # pylint: disable=broad-except
+    return 0  # No metadata server, or JAX moved its internals.
+
+
+def detect_cluster() -> str | None:
+  """A description of the multi-host environment this process runs in, or
+  None. Reads what JAX's cluster detection (`jax._src.clusters`) reads:
+
+    * TPU slices on GKE: `TPU_WORKER_HOSTNAMES` / `TPU_PROCESS_ADDRESSES`
+      listing more than one host; multislice: `MEGASCALE_NUM_SLICES` > 1;
+    * Cloud TPU VM slices: the metadata server's worker list (only queried
+      on a machine with TPU chips);
+    * SLURM: `SLURM_JOB_ID`, `SLURM_STEP_NODELIST`, `SLURM_PROCID`,
+      `SLURM_LOCALID` and `SLURM_NTASKS` > 1;
+    * Open MPI: `OMPI_MCA_orte_hnp_uri` and `OMPI_COMM_WORLD_SIZE` > 1.
+  """
+  env = os.environ
+  hosts = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES")
+  if hosts and len([h for h in hosts.split(",") if h.strip()]) > 1:
+    name = ("TPU_PROCESS_ADDRESSES" if env.get("TPU_PROCESS_ADDRESSES")
+            else "TPU_WORKER_HOSTNAMES")
+    return f"a TPU slice of {len(hosts.split(','))} hosts ({name})"
+  if _count(env.get("MEGASCALE_NUM_SLICES")) > 1:
+    return (f"a multislice TPU job (MEGASCALE_NUM_SLICES="
+            f"{env['MEGASCALE_NUM_SLICES']})")
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+           "SLURM_PROCID", "SLURM_LOCALID")
+  if all(v in env for v in slurm) and _count(env["SLURM_NTASKS"]) > 1:
+    return f"a SLURM job of {env['SLURM_NTASKS']} tasks (SLURM_NTASKS)"
+  if ("OMPI_MCA_orte_hnp_uri" in env and
+      _count(env.get("OMPI_COMM_WORLD_SIZE")) > 1):
+    return (f"an Open MPI job of {env['OMPI_COMM_WORLD_SIZE']} ranks "
+            "(OMPI_COMM_WORLD_SIZE)")
+  workers = _gce_tpu_workers()
+  if workers > 1:
+    return f"a Cloud TPU VM slice of {workers} workers (TPU metadata)"
+  return None
+
+
 def initialize_kwargs(config=None) -> dict | None:
   """The `jax.distributed.initialize` arguments `config` and the
   environment ask for, or None for a single-process run.
 
   Raises:
-    ValueError: an unknown `distributed.initialize` mode, or a bad value.
+    ValueError: an unknown `distributed.initialize` mode, a bad value, or
+      "never" in a multi-host environment (`detect_cluster`).
   """
   mode = _setting(config, "initialize", "auto")
   if mode not in MODES:
     raise ValueError(f"distributed.initialize: got {mode!r}; allowed: "
                      f"{MODES}.")
+  if mode == "force_single":
+    return None
   if mode == "never":
+    cluster = detect_cluster()
+    if cluster:
+      raise ValueError(
+          f"distributed.initialize='never' in {cluster}: every host would "
+          "run its own independent job into the same workdir. Use 'auto' "
+          "(or 'always') to run one job across the hosts, or "
+          "'force_single' if independent single-host jobs are meant.")
     return None
   address = (_setting(config, "coordinator_address", "") or
              os.environ.get(ENV_COORDINATOR, ""))
@@ -97,6 +172,11 @@ def initialize_kwargs(config=None) -> dict | None:
   if devices:
     kwargs["local_device_ids"] = [int(d) for d in devices]
   if mode == "always" or address:
+    return kwargs
+  cluster = detect_cluster()
+  if cluster:
+    _LOG.warning("distributed: detected %s; joining it (JAX detects the "
+                 "coordinator and process ids).", cluster)
     return kwargs
   if kwargs:
     raise ValueError(

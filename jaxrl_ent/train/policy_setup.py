@@ -9,7 +9,6 @@ or a comparison study reuses it.
 """
 
 import logging
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from flax import nnx
 
 from jaxrl_ent import models
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
 from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.models import tiny_hf
 from jaxrl_ent.rewards import tasks
@@ -124,7 +124,7 @@ def _base_policy(config, mesh, workdir):
   _require_task(config)
   dtype = _DTYPES[config.model.get("dtype", "float32")]
   rules = sharding.merge_rules(dict(config.sharding.rules))
-  sft_dir = pathlib.Path(workdir) / "sft_policy"
+  sft_dir = storage.path(workdir) / "sft_policy"
   cached = config.sft.steps > 0 and (sft_dir / "config.json").exists()
   if jax.process_count() > 1:
     # One decision for all processes: process 0 may already be writing the

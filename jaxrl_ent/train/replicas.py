@@ -19,11 +19,11 @@ is shared, which is what lets them share a program.
 import dataclasses
 import itertools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 
+from jaxrl_ent import storage
 from jaxrl_ent.train import factories
 
 
@@ -122,20 +122,20 @@ def plan(config) -> list[Replica] | None:
   return out
 
 
-def run_dir(workdir, replica: Replica | None) -> pathlib.Path:
-  workdir = pathlib.Path(workdir)
+def run_dir(workdir, replica: Replica | None) -> storage.Path:
+  workdir = storage.path(workdir)
   if replica is None:
     return workdir
-  return (pathlib.Path(replica.dir) if replica.dir
+  return (storage.path(replica.dir) if replica.dir
           else workdir / "replicas" / replica.name)
 
 
-def warm_start_dir(workdir, replica: Replica | None) -> pathlib.Path:
+def warm_start_dir(workdir, replica: Replica | None) -> storage.Path:
   """Where a replica's warm start is cached: shared by replicas of a seed."""
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir)
   if replica is None:
     return workdir
-  return (pathlib.Path(replica.warm_dir) if replica.warm_dir
+  return (storage.path(replica.warm_dir) if replica.warm_dir
           else workdir / "warm_start" / f"seed{replica.seed}")
 
 

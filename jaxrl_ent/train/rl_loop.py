@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import json
 import logging
-import pathlib
 import time
 from typing import Any
 
@@ -40,6 +39,7 @@ from flax import nnx
 from jaxrl_ent import rewards as rewards_lib
 from jaxrl_ent import rollout
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
 from jaxrl_ent.data import pipeline
 from jaxrl_ent.rl import frozen_base
 from jaxrl_ent.rl import state as state_lib
@@ -68,7 +68,7 @@ class _Run:
   """Host-side state of one replica (a whole run when there is no sweep)."""
   replica: replicas_lib.Replica | None
   config: Any
-  dir: pathlib.Path
+  dir: storage.Path
   seed_key: jax.Array
   train_iter: Any = None
   writer: Any = None
@@ -120,7 +120,7 @@ def _restore(runs, abstract, config):
   step = min(f[1] for f in found)
   states = []
   for run, (directory, _) in zip(runs, found):
-    source = (run.ckpt if pathlib.Path(directory) == pathlib.Path(
+    source = (run.ckpt if storage.path(directory) == storage.path(
         run.ckpt.directory) else checkpoint.Checkpointer(directory,
                                                          read_only=True))
     state, data_state, meta, got = source.restore(abstract, step=step)
@@ -152,7 +152,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   validate.validate_config(config)
   plan = replicas_lib.plan(config) if replicas is None else list(replicas)
   stacked = plan is not None
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   rules = sharding.merge_rules(dict(config.sharding.rules))
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -188,8 +188,11 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
                                size=config.data.task_size,
                                batch=t.prompts_per_step, eval_=False),
         tokenizer, process_index=block[0], process_count=block[1])
-    run.writer = metrics_lib.MetricWriter(run.dir,
-                                          tensorboard=config.tensorboard)
+    run.writer = metrics_lib.MetricWriter(
+        run.dir, tensorboard=config.tensorboard,
+        wandb=config.get("wandb"), run_config=run.config.to_dict(),
+        name=run.replica.name if run.replica else "",
+        group=workdir.name if run.replica else "")
     c = config.checkpoint
     run.ckpt = checkpoint.Checkpointer(run.dir / "ckpt", max_to_keep=c.keep,
                                        save_interval_steps=c.every,
@@ -406,6 +409,9 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
                     metrics={k: v for k, v in run.last_eval.items()
                              if k.startswith("val/")} if do_eval else {},
                     force=force)
+      # A bucket's metrics.jsonl is uploaded whole; keep it at least as far
+      # as the checkpoints, which a relaunch truncates it to.
+      run.writer.flush()
     if stop:
       _LOG.warning("SIGTERM received: saved step %d, exiting cleanly; the "
                    "next launch with this workdir continues from it.",
@@ -422,9 +428,9 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
     run.summary["steps"] = t.steps
     run.summary["wall_time_s"] = run.summary.get("wall_time_s", 0.0) + wall_s
     if is_main:
-      (run.dir / "summary.json").write_text(json.dumps(run.summary,
-                                                       indent=2))
-      (run.dir / "summary.txt").write_text(run_summary.text(
+      storage.write_text(run.dir / "summary.json",
+                         json.dumps(run.summary, indent=2))
+      storage.write_text(run.dir / "summary.txt", run_summary.text(
           run.summary, metrics_lib.read_jsonl(run.dir), run.dir,
           wall_s=wall_s, tensorboard=config.tensorboard) + "\n")
   if not stacked:
@@ -432,5 +438,6 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   summary = {"workdir": str(workdir),
              "replicas": {run.label: run.summary for run in runs}}
   if is_main:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    storage.write_text(workdir / "summary.json",
+                       json.dumps(summary, indent=2))
   return summary

@@ -6,7 +6,8 @@ TensorBoard events, checkpoints and plots are.
 """
 
 import math
-import pathlib
+
+from jaxrl_ent import storage
 
 
 def _fmt(x) -> str:
@@ -32,7 +33,7 @@ def entropy_before_after(rows) -> tuple[float | None, float | None]:
 def text(summary: dict, rows, run_dir, *, wall_s: float,
          tensorboard: bool) -> str:
   """The end-of-run summary of one run (`rows`: its metrics.jsonl rows)."""
-  run_dir = pathlib.Path(run_dir)
+  run_dir = storage.path(run_dir)
   init = summary.get("initial_eval", {})
   final = summary.get("final_eval", {})
   n = int(final.get("val/num_prompts", init.get("val/num_prompts", 0)))

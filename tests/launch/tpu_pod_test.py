@@ -67,7 +67,22 @@ class TpuPodTest(absltest.TestCase):
     self.assertEqual(_remote(job), [
         "cd", "~/jaxrl_ent", "&&", "python3", "launch/train.py",
         "--config=configs/grpo_tiny.py:entropy=clip_cov",
-        "--workdir=gs://bucket/runs/cc", *_EXTRA])
+        "--workdir=gs://bucket/runs/cc",
+        "--config.distributed.initialize=always", *_EXTRA])
+
+  def test_every_job_joins_the_cluster_unless_told_otherwise(self):
+    for job in ("train", "sft", "evaluate", "export"):
+      proc = _run("--dry-run", "--skip-install", f"--job={job}",
+                  "--repo=https://example.com/r.git", *_BASE)
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      remote = _remote(_commands(proc.stdout)[-1])
+      self.assertIn(f"launch/{job}.py", remote)
+      self.assertIn("--config.distributed.initialize=always", remote)
+    proc = _run("--dry-run", "--skip-install", "--repo=https://e.com/r.git",
+                *_BASE, "--", "--config.distributed.initialize=force_single")
+    remote = _remote(_commands(proc.stdout)[-1])
+    self.assertNotIn("--config.distributed.initialize=always", remote)
+    self.assertIn("--config.distributed.initialize=force_single", remote)
 
   def test_existing_slice_git_clone_detached_job(self):
     proc = _run("--dry-run", "--repo=https://example.com/jaxrl_ent.git",

@@ -98,6 +98,66 @@ class InitializeKwargsTest(absltest.TestCase):
     self.assertIn("distributed.num_processes", fields)
 
 
+_CLUSTERS = {
+    "tpu_gke": {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3", "TPU_WORKER_ID": "1"},
+    "tpu_addresses": {"TPU_PROCESS_ADDRESSES": "10.0.0.1:8476,10.0.0.2:8476"},
+    "multislice": {"MEGASCALE_NUM_SLICES": "2"},
+    "slurm": {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]",
+              "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"},
+    "ompi": {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:3",
+             "OMPI_COMM_WORLD_SIZE": "4"},
+}
+_SINGLE = {
+    "one_tpu_host": {"TPU_WORKER_HOSTNAMES": "localhost"},
+    "one_slurm_task": dict(_CLUSTERS["slurm"], SLURM_NTASKS="1"),
+    "one_slice": {"MEGASCALE_NUM_SLICES": "1"},
+}
+_CLUSTER_VARS = {k for env in (*_CLUSTERS.values(), *_SINGLE.values())
+                 for k in env}
+
+
+def _cluster_env(**env):
+  base = {k: v for k, v in os.environ.items()
+          if k not in _ENV and k not in _CLUSTER_VARS}
+  # No TPU metadata query on this machine.
+  return mock.patch.dict(os.environ, dict(base, TPU_SKIP_MDS_QUERY="1",
+                                          **env), clear=True)
+
+
+class ClusterDetectionTest(absltest.TestCase):
+
+  def test_auto_joins_a_detected_multi_host_environment(self):
+    for name, env in _CLUSTERS.items():
+      with self.subTest(name), _cluster_env(**env):
+        self.assertIsNotNone(distributed.detect_cluster())
+        # JAX's own cluster detection finds the coordinator and ids.
+        self.assertEqual(distributed.initialize_kwargs(_config()), {})
+        self.assertEqual(distributed.initialize_kwargs(
+            _config(initialize="force_single")), None)
+        with self.assertRaisesRegex(ValueError, "force_single"):
+          distributed.initialize_kwargs(_config(initialize="never"))
+
+  def test_single_host_environments_stay_single(self):
+    for name, env in {"none": {}, **_SINGLE}.items():
+      with self.subTest(name), _cluster_env(**env):
+        self.assertIsNone(distributed.detect_cluster())
+        self.assertIsNone(distributed.initialize_kwargs(_config()))
+        self.assertIsNone(distributed.initialize_kwargs(
+            _config(initialize="never")))
+
+  def test_force_single_is_a_valid_mode(self):
+    config = grpo_tiny.get_config("runlocal")
+    config.distributed.initialize = "force_single"
+    validate.validate_config(config)
+
+  def test_every_launcher_joins_the_cluster(self):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    for job in ("train", "sft", "evaluate", "export"):
+      with open(os.path.join(root, "launch", f"{job}.py")) as f:
+        self.assertIn("distributed.maybe_initialize(", f.read(), job)
+
+
 class OneProcessHelpersTest(absltest.TestCase):
 
   def test_gathers_are_identities(self):
