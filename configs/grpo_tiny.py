@@ -88,14 +88,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # when this workdir has none (see jaxrl_ent/train/checkpoint.py).
   c.resume_from = ""
   c.tensorboard = True
+  # Weights & Biases (off): --config.wandb.enabled=True
+  # --config.wandb.project=NAME [--config.wandb.mode=offline].
+  c.wandb = common.wandb_config()
   c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3,
                                                 async_save=True))
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
   c.sharding = ml_collections.ConfigDict({"rules": {}})
   # Multi-host (jaxrl_ent/train/distributed.py): "auto" joins a cluster when
   # a coordinator is named here or in JAX_COORDINATOR_ADDRESS (with
-  # JAX_NUM_PROCESSES, JAX_PROCESS_ID); "always" lets JAX detect it (TPU pod
-  # slices); "never" stays single-process. 0 / -1 = unset.
+  # JAX_NUM_PROCESSES, JAX_PROCESS_ID) or a multi-host TPU slice / SLURM /
+  # Open MPI job is detected; "always" lets JAX detect it; "never" stays
+  # single-process (an error on a detected multi-host slice unless
+  # "force_single"). 0 / -1 = unset.
   c.distributed = ml_collections.ConfigDict(dict(
       initialize="auto", coordinator_address="", num_processes=0,
       process_id=-1))

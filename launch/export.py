@@ -19,14 +19,19 @@ with --noverify). Load it with
   transformers.AutoModelForCausalLM.from_pretrained(folder)
   transformers.PreTrainedTokenizerFast.from_pretrained(folder)
 
-Multi-host: every process restores and gathers; process 0 writes.
+Every path may be a `gs://` URL (the folder is written locally, then
+uploaded, config.json last).
+
+Multi-host: run it on every worker (`launch/tpu_pod.sh --job=export`); it
+joins the JAX cluster like launch/train.py (`config.distributed`); every
+process restores and gathers; process 0 writes.
 """
 
 import json
 import logging
 import os
-import pathlib
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -44,7 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxrl_ent import models
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
 from jaxrl_ent.train import checkpoint
+from jaxrl_ent.train import distributed
 from jaxrl_ent.train import run_policy
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -68,14 +75,17 @@ INFO_FILE = "jaxrl_ent_export.json"
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def write_generation_config(tokenizer, path: pathlib.Path):
+def write_generation_config(tokenizer, path):
   """EOS/pad ids for `generate` (our sampler stops at the tokenizer's EOS)."""
   import transformers  # pylint: disable=g-import-not-at-top
-  transformers.GenerationConfig(
+  config = transformers.GenerationConfig(
       eos_token_id=tokenizer.eos_token_id,
       pad_token_id=(tokenizer.pad_token_id if tokenizer.pad_token_id
                     is not None else tokenizer.eos_token_id),
-      bos_token_id=tokenizer.bos_token_id).save_pretrained(str(path))
+      bos_token_id=tokenizer.bos_token_id)
+  with tempfile.TemporaryDirectory() as tmp:  # transformers writes locally.
+    config.save_pretrained(tmp)
+    storage.upload_dir(tmp, path)
 
 
 def verify_export(policy, path, dtype=None):
@@ -106,11 +116,11 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
         dtype: str | None = None, verify: bool = True) -> dict:
   """Exports; returns the info record (also written to the folder)."""
   mesh = sharding.make_mesh(dict(config.mesh))
-  ckpt_dir = pathlib.Path(checkpoint_dir or pathlib.Path(workdir) / "ckpt")
+  ckpt_dir = storage.path(checkpoint_dir or storage.path(workdir) / "ckpt")
   policy, tokenizer, restored, _ = run_policy.restore_policy(
       config, ckpt_dir, mesh, step=step)
-  out = pathlib.Path(output_dir or
-                     pathlib.Path(workdir) / "export" / f"step_{restored}")
+  out = storage.path(output_dir or
+                     storage.path(workdir) / "export" / f"step_{restored}")
   jdtype = _DTYPES[dtype] if dtype else None
   models.save_pretrained(policy, out, dtype=jdtype, tokenizer=tokenizer)
   info = {"checkpoint_dir": str(ckpt_dir), "step": restored,
@@ -118,7 +128,8 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
           "config": config.to_dict()}
   if jax.process_index() == 0:
     write_generation_config(tokenizer, out)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+    storage.write_text(out / INFO_FILE,
+                       json.dumps(info, indent=2, default=str))
   if verify:
     verify_export(policy, out, jdtype)
   info["output_dir"] = str(out)
@@ -130,6 +141,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   absl_logging.set_verbosity(absl_logging.WARNING)
+  # Multi-host: join the other processes before anything counts devices.
+  try:
+    distributed.maybe_initialize(_CONFIG.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   # Every restore here is read-only by design; drop orbax's notice about it.
   logging.getLogger("absl").addFilter(
       lambda r: "read only" not in r.getMessage() and

@@ -16,8 +16,6 @@ structural overrides included, e.g. `:entropy=clip_cov`). A mismatch is a
 `ValueError` that names the first differing leaf.
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -27,6 +25,7 @@ from flax import nnx
 from jaxrl_ent import models
 from jaxrl_ent import rewards as rewards_lib
 from jaxrl_ent import sharding
+from jaxrl_ent import storage
 from jaxrl_ent.models import hf_io
 from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import factories
@@ -96,7 +95,7 @@ def checkpoint_steps(ckpt_dir) -> list[int]:
     FileNotFoundError: the directory does not exist or holds no finalized
       step; the message names the directory.
   """
-  path = pathlib.Path(ckpt_dir)
+  path = storage.path(ckpt_dir)
   if not path.is_dir():
     raise FileNotFoundError(
         f"no checkpoint directory {path}: pass the --workdir of a run "

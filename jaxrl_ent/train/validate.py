@@ -515,6 +515,29 @@ def _check_distributed(c: _Checker):
           f"{num}; allowed: -1 (unset) or an id in [0, {num})")
 
 
+def _check_wandb(c: _Checker):
+  """The optional `wandb` block (train/wandb_writer.py)."""
+  if _get(c.config, "wandb") is _MISSING:
+    return
+  # pylint: disable=g-import-not-at-top
+  import importlib.util
+  from jaxrl_ent.train import wandb_writer
+  on = c.bool_("wandb.enabled")
+  c.str_("wandb.project", required=False, nonempty=on is True)
+  for name in ("entity", "name", "group", "notes", "dir"):
+    c.str_(f"wandb.{name}", required=False)
+  c.str_("wandb.mode", choices=wandb_writer.MODES, required=False)
+  tags = c.value("wandb.tags", required=False)
+  if tags is not _MISSING and not (
+      isinstance(tags, (list, tuple)) and
+      all(isinstance(t, str) and t for t in tags)):
+    c.add("wandb.tags", f"got {tags!r}; allowed: a list of non-empty "
+          "strings")
+  if on is True and importlib.util.find_spec("wandb") is None:
+    c.add("wandb.enabled", "True but the wandb package is not installed; "
+          "allowed: False, or pip install -e '.[wandb]'")
+
+
 def _check_rest(c: _Checker, context, max_prompt, sft_on):
   c.int_("seed")
   c.str_("resume_from")
@@ -605,6 +628,7 @@ def _run_checks(c: _Checker, num_devices: int, num_processes: int):
   _check_lora(c)
   _check_batches(c, dp, num_processes)
   _check_distributed(c)
+  _check_wandb(c)
   model_path = _get(c.config, "model_path")
   _check_rest(c, context, max_prompt, sft_on=not model_path)
   _check_sweep(c, num_processes)
