@@ -160,6 +160,44 @@ JOBS = {
         model="qwen3_8b", topology="v5p:4x4x4",
         mesh={"data": 1, "fsdp": 16, "tensor": 4},
         prompts=64, n=8, mini=4, micro=8, P=1024, C=16384, remat=True),
+    # ---- LoRA / QLoRA on 16 GiB chips (issue 24; jaxrl_ent/models/lora.py).
+    # Rank-16 adapters on all seven projections are the only trainable
+    # parameters; the base is frozen in bf16 (LoRA) or NF4 (QLoRA), so the
+    # 10N bytes of full training become 2N (or ~0.56N) of base + ~10 bytes
+    # per adapter parameter. The rollout still holds one merged bf16 copy
+    # of the weights (`DecodeWeights`, made once per rollout), which is
+    # what bounds the model size per chip under QLoRA.
+    #
+    # Qwen2.5-1.5B on v5e-1 (Colab-sized: one 16 GiB chip). Base 3.1 GB
+    # bf16 (0.9 GB NF4 + 0.47 GB bf16 embedding) + merged decode copy
+    # 3.1 GB. 16 prompts × 8 = 128 rows of 256 + 512: KV cache 28.7 kB/token
+    # × 128 × 768 = 2.8 GB. Train: 4 calls of 32 rows, 4 micro-batches of 8.
+    "qwen2_5_1_5b_lora_v5e1": dict(
+        model="qwen2_5_1_5b", topology="v5e:1x1",
+        mesh={"data": 1, "fsdp": 1, "tensor": 1},
+        prompts=16, n=8, mini=4, micro=4, P=256, C=512, remat=True,
+        lora=dict(rank=16, alpha=32.0, quant="none")),
+    "qwen2_5_1_5b_qlora_v5e1": dict(
+        model="qwen2_5_1_5b", topology="v5e:1x1",
+        mesh={"data": 1, "fsdp": 1, "tensor": 1},
+        prompts=16, n=8, mini=4, micro=4, P=256, C=512, remat=True,
+        lora=dict(rank=16, alpha=32.0, quant="nf4")),
+    # Qwen3-8B on v5e-4 (4 × 16 GiB). tensor = 4, not FSDP: the merged
+    # decode weights are whole along `embed` (see `DecodeWeights`), so only
+    # a tensor split keeps them at 16.4 GB / 4 = 4.1 GB per chip; the bf16
+    # base is another 4.1 GB per chip (1.2 GB under NF4). 8 prompts × 8 =
+    # 64 rows of 256 + 512: KV cache 147 kB/token × 64 × 768 = 7.2 GB / 4 =
+    # 1.8 GB per chip. Train: 4 calls of 16 rows, 2 micro-batches of 8.
+    "qwen3_8b_lora_v5e4": dict(
+        model="qwen3_8b", topology="v5e:2x2",
+        mesh={"data": 1, "fsdp": 1, "tensor": 4},
+        prompts=8, n=8, mini=4, micro=2, P=256, C=512, remat=True,
+        lora=dict(rank=16, alpha=32.0, quant="none")),
+    "qwen3_8b_qlora_v5e4": dict(
+        model="qwen3_8b", topology="v5e:2x2",
+        mesh={"data": 1, "fsdp": 1, "tensor": 4},
+        prompts=8, n=8, mini=4, micro=2, P=256, C=512, remat=True,
+        lora=dict(rank=16, alpha=32.0, quant="nf4")),
 }
 
 
@@ -191,6 +229,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rollout.max_new_tokens = job["C"]
   c.loss.token_chunk = job.get("token_chunk", 512)
   c.loss.vocab_chunk = job.get("vocab_chunk", 8192)
+  c.lora = common.lora_config(enabled="lora" in job, **job.get("lora", {}))
+  if "lora" in job:
+    # Adapters start at the base and move only a low-rank subspace: they
+    # take a larger learning rate than full fine-tuning's 1e-6.
+    c.optim.lr = 1e-5
   if a.runlocal:
     raise ValueError("tpu_grpo configs are for TPU slices; use "
                      "configs/grpo_qwen2_5_0_5b.py:runlocal on CPU.")

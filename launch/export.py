@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxrl_ent import models
+from jaxrl_ent.models import lora
 from jaxrl_ent import sharding
 from jaxrl_ent import storage
 from jaxrl_ent.train import checkpoint
@@ -67,6 +68,11 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _DTYPE = flags.DEFINE_enum(
     "dtype", None, ["float32", "bfloat16"],
     "Tensor dtype on disk (default: the parameters' dtype).")
+_FORMAT = flags.DEFINE_enum(
+    "format", "merged", ["merged", "peft"],
+    "merged: an HF folder of the full weights (a LoRA run's adapters merged "
+    "into its base); peft: a LoRA run's adapters as a PEFT adapter folder "
+    "(`peft.PeftModel.from_pretrained(base, folder)`).")
 _VERIFY = flags.DEFINE_bool(
     "verify", True, "Read the folder back and check it bit-exact.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -112,8 +118,15 @@ def verify_export(policy, path, dtype=None):
                        f"identically: {bad or sorted(set(want) ^ set(have))}")
 
 
+def lora_base_path(config, workdir) -> str:
+  """The folder a LoRA run's adapters apply to: `config.model_path`, or the
+  run's warm-started tiny policy (`<workdir>/sft_policy`)."""
+  return str(config.model_path or os.path.join(str(workdir), "sft_policy"))
+
+
 def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
-        dtype: str | None = None, verify: bool = True) -> dict:
+        dtype: str | None = None, verify: bool = True,
+        fmt: str = "merged") -> dict:
   """Exports; returns the info record (also written to the folder)."""
   mesh = sharding.make_mesh(dict(config.mesh))
   ckpt_dir = storage.path(checkpoint_dir or storage.path(workdir) / "ckpt")
@@ -122,7 +135,13 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
   out = storage.path(output_dir or
                      storage.path(workdir) / "export" / f"step_{restored}")
   jdtype = _DTYPES[dtype] if dtype else None
-  models.save_pretrained(policy, out, dtype=jdtype, tokenizer=tokenizer)
+  if fmt == "peft":  # A LoRA run's adapters only, read back bit-exact.
+    lora.save_peft(policy, out, base_path=lora_base_path(config, workdir))
+    tokenizer.save_pretrained(str(out))
+    verify = verify and lora.verify_peft(policy, out)
+  else:
+    policy = lora.merge(policy)  # The policy itself when it has no LoRA.
+    models.save_pretrained(policy, out, dtype=jdtype, tokenizer=tokenizer)
   info = {"checkpoint_dir": str(ckpt_dir), "step": restored,
           "dtype": dtype or jnp.dtype(policy.cfg.param_dtype).name,
           "config": config.to_dict()}
@@ -130,7 +149,7 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
     write_generation_config(tokenizer, out)
     storage.write_text(out / INFO_FILE,
                        json.dumps(info, indent=2, default=str))
-  if verify:
+  if verify and fmt == "merged":
     verify_export(policy, out, jdtype)
   info["output_dir"] = str(out)
   info["verified"] = verify
@@ -153,7 +172,7 @@ def main(argv):
   info = run(_CONFIG.value, _WORKDIR.value, step=_STEP.value,
              checkpoint_dir=_CHECKPOINT_DIR.value,
              output_dir=_OUTPUT_DIR.value, dtype=_DTYPE.value,
-             verify=_VERIFY.value)
+             verify=_VERIFY.value, fmt=_FORMAT.value)
   checked = ("read back bit-exact" if info["verified"] else "not verified")
   print(f"exported step {info['step']} of {info['checkpoint_dir']} to "
         f"{info['output_dir']} ({info['dtype']}, {checked})")

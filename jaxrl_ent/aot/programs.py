@@ -35,6 +35,7 @@ from jaxrl_ent.aot import hlo
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decoder
 from jaxrl_ent.models import hf_io
+from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import state as state_lib
 from jaxrl_ent.rl import train_step as ts
@@ -42,6 +43,7 @@ from jaxrl_ent.rl import update as update_lib
 from jaxrl_ent.rollout import sampler
 from jaxrl_ent.train import checkpoint
 from jaxrl_ent.train import factories
+from jaxrl_ent.train import policy_setup
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MODEL_FIELDS = ("model_type", "vocab_size", "hidden_size",
@@ -177,12 +179,20 @@ def build_setup(config, devices=None) -> Setup:
   optimizer = hparams_lib.optimizer(spec.optimizer, hparams, 0)
   controller = hparams_lib.controller(spec.controller, hparams, 0)
   graphdef, abs_model = hf_io.abstract_model(model_cfg)
-  graphdef, params, rest = state_lib.split_model(nnx.merge(graphdef,
-                                                           abs_model))
+  model = nnx.merge(graphdef, abs_model)
+  lora_spec = policy_setup.lora_spec(config)
+  if lora_spec is not None:  # Adapters on the (possibly quantised) base.
+    model = nnx.eval_shape(lambda m: lora_lib.add_lora(m, lora_spec), model)
+  graphdef, params, rest = state_lib.split_model(model)
   abs_state = jax.eval_shape(
       lambda p: update_lib.init_state(spec, p, hparams), params)
+  if state_lib.has_frozen_base(rest):
+    # The trainer carries the frozen base in the state (rl/frozen_base.py).
+    abs_state = abs_state.replace(frozen=rest)
   shardings = sharding.train_state_shardings(abs_state, mesh, rules)
   state = checkpoint.abstract_like(abs_state, shardings)
+  # The programs take the base as an argument (a LoRA model's is its state).
+  rest = state.frozen if state.frozen is not None else rest
   return Setup(config=config, topology=topology, mesh=mesh, rules=rules,
                model_cfg=model_cfg, graphdef=graphdef, rest=rest, state=state,
                optimizer=optimizer, controller=controller, loss_cfg=loss_cfg,
@@ -250,13 +260,14 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
   with sharding.use_mesh(setup.mesh, setup.rules):
     prefill_traced = None
     if "prefill" in which or "decode" in which:
-      def prefill(params, tokens_bp, mask_bp):
-        policy = nnx.merge(setup.graphdef, params, setup.rest)
+      def prefill(params, rest, tokens_bp, mask_bp):
+        policy = nnx.merge(setup.graphdef, params, rest)
         _, mask_rp, _, _, carry = sampler.prefill(
             sampler.rollout_weights(policy), tokens_bp, mask_bp, sp)
         return mask_rp.sum(axis=1), carry
       prompts = _abstract(setup, (s.prompts, s.prompt_len), jnp.int32)
-      prefill_traced = jax.jit(prefill).trace(params, prompts, prompts)
+      prefill_traced = jax.jit(prefill).trace(params, setup.rest, prompts,
+                                              prompts)
       if "prefill" in which:
         out.append(Program("prefill", prefill_traced, 1, 1))
     if "decode" in which:
@@ -273,25 +284,31 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
       # memory analysis counts both.
       weights = _abstract_decode_weights(setup)
 
-      def decode(params, weights, prompt_len, carry, key):
-        del params
+      def decode(params, rest, weights, prompt_len, carry, key):
+        del params, rest
         return sampler.decode_step(weights, key, prompt_len, carry, params=sp)
-      traced = jax.jit(decode, donate_argnums=(3,), keep_unused=True).trace(
-          params, weights, prompt_len, carry, key)
+      traced = jax.jit(decode, donate_argnums=(4,), keep_unused=True).trace(
+          params, setup.rest, weights, prompt_len, carry, key)
       out.append(Program("decode", traced, s.new_tokens, 1))
     if "logp" in which:
-      stats_fn = ts.make_stats_fn(setup.graphdef, setup.rest, setup.loss_cfg)
+      stats_fn = jax.jit(lambda p, rest, batch: ts.params_stats(
+          setup.graphdef, rest, setup.loss_cfg, p, batch))
       kl = setup.loss_cfg.kl_coef > 0 or cfg.loss.get("kl_in_reward_coef",
                                                       0) > 0
       # Old log-probs, plus reference log-probs when a KL term needs them,
       # plus the optional after-update measurement (train.measure_every).
       calls = 1 + kl + (1.0 / cfg.train.measure_every
                         if cfg.train.get("measure_every", 0) else 0.0)
-      out.append(Program("logp", stats_fn.trace(params, rl_batch(
+      out.append(Program("logp", stats_fn.trace(params, setup.rest, rl_batch(
           setup, s.rows)), calls, 1))
     if "train" in which:
-      step = ts.make_train_step(setup.graphdef, setup.rest, setup.optimizer,
-                                setup.controller, setup.loss_cfg)
+      def step_fn(state, batch, key):
+        # The base from the state (LoRA), else the (empty) rest.
+        rest = setup.rest if state.frozen is None else state.frozen
+        return ts.make_train_step(setup.graphdef, rest, setup.optimizer,
+                                  setup.controller, setup.loss_cfg)(
+                                      state, batch, key)
+      step = jax.jit(step_fn, donate_argnums=(0,))
       # Per micro-batch: forward, backward (2 reads: activations' and
       # weights' gradients share one), remat re-forward.
       recompute = setup.model_cfg.effective_remat_policy != "none"
@@ -419,7 +436,10 @@ def compile_program(setup: Setup, program: Program, *,
     analysis = analysis[0] if analysis else {}
   report.xla_flops = float(analysis.get("flops", 0.0))
   report.xla_bytes = float(analysis.get("bytes accessed", 0.0))
-  weights = state_bytes(setup)["params"] / setup.mesh.shape["tensor"]
+  # What a pass reads: the weights (a LoRA model's trainable params are its
+  # adapters; its passes read the base too).
+  b = state_bytes(setup)
+  weights = (b["params"] + b["frozen"]) / setup.mesh.shape["tensor"]
   report.roofline = cost.roofline(
       flops_global=report.flops_global, num_devices=setup.mesh.size,
       xla_bytes=report.xla_bytes,
@@ -464,7 +484,9 @@ def state_bytes(setup: Setup) -> dict[str, int]:
                for x in jax.tree.leaves(tree))
   return {"params": nbytes(setup.state.params),
           "opt_state": nbytes(setup.state.opt_state),
-          "ctrl_state": nbytes(setup.state.ctrl_state)}
+          "ctrl_state": nbytes(setup.state.ctrl_state),
+          # LoRA: the frozen (possibly quantised) base; 0 otherwise.
+          "frozen": nbytes(setup.state.frozen)}
 
 
 def check(config, which=("prefill", "decode", "logp", "train"),

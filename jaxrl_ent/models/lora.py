@@ -107,18 +107,23 @@ def spec_of(model) -> LoraSpec | None:
 # ---------------------------------------------------------------------------
 # Quantisation (qwix).
 
-def quantize(w, quant: str, block: int = 64):
+def quantize(w, quant: str, block: int = 64, n_in: int = 1):
   """(qvalue, scale) of a stacked weight [L, *in, *out] with qwix.
 
-  Scales are per layer and output channel, and per block of `block` input
-  rows for NF4 (per whole input axis for int8: absmax per channel).
+  int8: absmax per layer and output channel (over the whole input). NF4:
+  per block of `block` rows of the last input axis (QLoRA's 64), per layer,
+  output channel and any other input axis (o's heads); a last input axis
+  that `block` does not split gets one scale per channel.
   """
   import qwix  # pylint: disable=g-import-not-at-top
-  d_in = w.shape[1]
-  channel = tuple(i for i in range(w.ndim) if i != 1)
-  tiled = None
-  if quant == "nf4" and d_in % block == 0 and d_in > block:
-    tiled = {1: block}
+  last = n_in  # index of the last input axis in [L, *in, *out]
+  if quant == "int8":
+    channel = (0,) + tuple(range(1 + n_in, w.ndim))
+    tiled = None
+  else:
+    channel = tuple(i for i in range(w.ndim) if i != last)
+    d = w.shape[last]
+    tiled = {last: block} if d % block == 0 and d > block else None
   q = qwix.quantize(w.astype(jnp.float32), _QTYPES[quant],
                     channelwise_axes=channel, tiled_axes=tiled)
   return q.qvalue, q.scale
@@ -132,8 +137,11 @@ def dequantize(qvalue, scale, quant: str, dtype):
 
 
 def _scale_axes(axes, scale_shape, w_shape):
-  return tuple(a if s == n else None
-               for a, s, n in zip(axes, scale_shape, w_shape))
+  """A scale keeps its weight's logical axis on every dimension it did not
+  reduce to 1 (blocked dimensions too: the sharding rules leave one the
+  mesh does not divide whole)."""
+  del w_shape
+  return tuple(a if s > 1 else None for a, s in zip(axes, scale_shape))
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +198,7 @@ def add_lora(model, spec: LoraSpec, *, seed: int = 0):
   for name in spec.quantized:
     w = getattr(layers, name)
     axes = w.get_metadata().get("logical_axes")
-    qvalue, scale = quantize(w[...], spec.quant, spec.block)
+    qvalue, scale = quantize(w[...], spec.quant, spec.block, _IN_AXES[name])
     delattr(layers, name)
     setattr(layers, name + "_qvalue", QuantizedBase(qvalue,
                                                     logical_axes=axes))
@@ -385,3 +393,19 @@ def save_peft(model, path, *, base_path: str = ""):
 def num_adapter_params(model) -> int:
   state = nnx.state(model, Adapter)
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+
+
+def verify_peft(model, path) -> bool:
+  """Reads `path`'s adapter tensors back; raises unless bit-identical."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  want = peft_tensors(model)
+  if jax.process_index() != 0:
+    return True
+  have = load_file(str(pathlib.Path(path) / "adapter_model.safetensors"))
+  bad = sorted(k for k in want if k not in have
+               or not np.array_equal(have[k], want[k]))
+  if bad or set(have) != set(want):
+    raise RuntimeError(f"{path}: the adapter tensors do not read back "
+                       f"identically: {bad or sorted(set(have) ^ set(want))}")
+  return True

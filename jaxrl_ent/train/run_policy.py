@@ -88,6 +88,27 @@ def abstract_train_state(config, model_cfg, mesh):
   return graphdef, rest, checkpoint.abstract_like(shapes, shardings)
 
 
+def lora_train_state(config, ckpt_dir, mesh):
+  """(graphdef, frozen base, abstract TrainState, tokenizer) of a LoRA run.
+
+  Its checkpoints hold the adapters and their optimizer state only; the
+  frozen base is rebuilt from where the run got it (`config.model_path`,
+  or the warm-started policy cached in `<workdir>/sft_policy` next to
+  `ckpt_dir`), with the adapters the run starts from (`policy_setup`).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  workdir = os.path.dirname(str(ckpt_dir).rstrip("/"))
+  policy, tokenizer = policy_setup.build_policy(config, mesh, workdir)
+  graphdef, params, rest = state_lib.split_model(policy)
+  rules = sharding.merge_rules(dict(config.sharding.rules))
+  spec = factories.update_spec(config)
+  hparams = factories.initial_hparams(config)
+  shapes = jax.eval_shape(
+      lambda p: update_lib.init_state(spec, p, hparams), params)
+  shardings = sharding.train_state_shardings(shapes, mesh, rules)
+  return graphdef, rest, checkpoint.abstract_like(shapes, shardings), tokenizer
+
+
 def checkpoint_steps(ckpt_dir) -> list[int]:
   """Finalized steps in `ckpt_dir`, ascending.
 
@@ -130,8 +151,12 @@ def restore_policy(config, ckpt_dir, mesh, step: int | None = None):
   if step is not None and step not in steps:
     raise FileNotFoundError(f"{ckpt_dir} has no step {step}; saved steps: "
                             f"{steps}.")
-  model_cfg, tokenizer = model_config_and_tokenizer(config)
-  graphdef, rest, abstract = abstract_train_state(config, model_cfg, mesh)
+  if policy_setup.lora_spec(config) is not None:
+    graphdef, rest, abstract, tokenizer = lora_train_state(config, ckpt_dir,
+                                                           mesh)
+  else:
+    model_cfg, tokenizer = model_config_and_tokenizer(config)
+    graphdef, rest, abstract = abstract_train_state(config, model_cfg, mesh)
   ckpt = checkpoint.Checkpointer(ckpt_dir, read_only=True)
   try:
     state, _, meta, restored = ckpt.restore(abstract, step=step)

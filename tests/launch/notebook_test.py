@@ -52,6 +52,7 @@ class NotebookTest(absltest.TestCase):
     self.assertNotIn("Cloning", stdout)  # The install cell did nothing.
     self.assertIn("entropy control: clip_cov, GRPO steps: 2", stdout)
     self.assertRegex(stdout, r"final held-out greedy accuracy: \d\.\d{3}")
+    self.assertIn("LoRA: rank 8, alpha 16, base none", stdout)  # LoRA cell
     figures = [o for o in _outputs(nb, "display_data")
                if "image/png" in o.get("data", {})]
     self.assertLen(figures, 1)
