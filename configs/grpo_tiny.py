@@ -5,6 +5,8 @@ r"""GRPO on a synthetic task with a tiny policy: the README's main job.
       --workdir=/tmp/grpo_clip_cov
   python launch/train.py --config=configs/grpo_tiny.py:runlocal \
       --workdir=/tmp/grpo_smoke          # seconds-long smoke run (tests)
+  python launch/train.py --config=configs/grpo_tiny.py:algo=ppo \
+      --workdir=/tmp/ppo_run             # PPO: GAE + a learned critic
 
 A ~0.4M-parameter Qwen2-style policy and a byte-level BPE tokenizer are built
 in-process (nothing is downloaded), warm-started by supervised training on
@@ -77,10 +79,30 @@ def entropy_config(preset: str = "none") -> ml_collections.ConfigDict:
   return e
 
 
+ALGOS = ("grpo", "ppo")
+
+
+def critic_config(**overrides) -> ml_collections.ConfigDict:
+  """The `critic` block (read when `advantage.estimator="gae"`).
+
+  kind: "head" (value head on the shared, detached policy trunk) or "model"
+  (a separate f32 critic decoder from the same initial weights);
+  warmup_steps: RL steps with the policy frozen while the critic fits (verl
+  `critic_warmup`); cliprange_value, agg_mode: verl `compute_value_loss`.
+  """
+  c = ml_collections.ConfigDict(dict(
+      kind="head", lr=1e-2, warmup_steps=5, cliprange_value=0.5,
+      agg_mode="token-mean", weight_decay=0.0, grad_clip=1.0))
+  c.update(overrides)
+  return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, entropy="none", runlocal=False, steps=0, seed=0,
                        optim="adamw", b1=-1.0, wd=-1.0, lr_div=1.0,
-                       lora=False)
+                       algo="grpo", lora=False)
+  if a.algo not in ALGOS:
+    raise ValueError(f"config argument algo={a.algo!r}; known: {ALGOS}.")
   c = ml_collections.ConfigDict()
   c.seed = a.seed
   c.model_path = ""
@@ -135,7 +157,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # scoring one batch (items still unscored then count as timeouts).
   c.reward = ml_collections.ConfigDict(dict(
       spec="", backend="process", timeout_s=5.0, batch_timeout_s=60.0))
-  c.advantage = ml_collections.ConfigDict(dict(estimator="grpo"))
+  # gamma, lam: GAE's (read with estimator="gae", verl algorithm.gamma/lam).
+  c.advantage = ml_collections.ConfigDict(dict(estimator="grpo", gamma=1.0,
+                                               lam=1.0))
+  # :algo=ppo — PPO with a learned critic (jaxrl_ent/rl/critic.py): GAE
+  # advantages from a float32 value head on the policy's (detached) trunk.
+  c.critic = critic_config()
+  if a.algo == "ppo":
+    c.advantage.estimator = "gae"
 
   c.loss = ml_collections.ConfigDict(dict(
       policy_loss="ppo_clip", clip_eps_low=0.2, clip_eps_high=0.28,
@@ -196,6 +225,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft.num_examples = 200
     c.data.task_size = 500
     c.train.steps = 2
+    c.critic.warmup_steps = 1  # :algo=ppo,runlocal: one critic-only step.
     c.train.prompts_per_step = 4
     c.rollout.n_samples = 2
     c.rollout.max_new_tokens = 8

@@ -279,3 +279,33 @@ def gae_advantages(token_rewards_bt, values_bt, mask_bt, *, gamma=1.0, lam=1.0,
   else:
     adv_bt = aggregation.masked_token_values(adv_bt, mask_bt)
   return adv_bt, returns_bt
+
+
+def gae_outcome_advantages(rewards_b, mask_bt, *, group_size, values_bt=None,
+                           gamma=1.0, lam=1.0, whiten=True):
+  """`gae_advantages` of outcome rewards placed on the last valid token.
+
+  The `ADVANTAGE_ESTIMATORS` entry `gae` (it needs the critic's values, so
+  `rl.update` calls `gae_advantages` itself, for the returns too, and with
+  per-token rewards when an in-reward KL is on). `group_size` is unused:
+  GAE's baseline is the critic, not the group.
+
+  Args:
+    rewards_b: `[B]` outcome rewards.
+    mask_bt: `[B, T]` response mask.
+    group_size: unused (the registry's common signature).
+    values_bt: `[B, T]` value predictions at rollout time (None: `V ≡ 0`,
+      i.e. the whitened discounted reward-to-go).
+    gamma, lam: GAE's `γ`, `λ`.
+    whiten: whiten the advantages over the batch's valid tokens.
+
+  Returns:
+    float32 `[B, T]`.
+  """
+  del group_size
+  if values_bt is None:
+    values_bt = jnp.zeros(jnp.shape(mask_bt), jnp.float32)
+  adv_bt, _ = gae_advantages(last_token_rewards(rewards_b, mask_bt),
+                             values_bt, mask_bt, gamma=gamma, lam=lam,
+                             whiten=whiten)
+  return adv_bt

@@ -6,8 +6,8 @@ config's `__post_init__` / `get_config` fail early on a typo. Entries of one
 registry share one signature:
 
 * `ADVANTAGE_ESTIMATORS`: `fn(rewards_b, mask_bt, *, group_size, **hparams)
-  -> advantages_bt` (outcome estimators; GAE has its own signature, see
-  `advantages.gae_advantages`).
+  -> advantages_bt`; `gae` (`advantages.gae_outcome_advantages`) also takes
+  the critic's `values_bt` (the names in `CRITIC_ESTIMATORS` need a critic).
 * `POLICY_LOSSES`: `fn(logp_bt, old_logp_bt, advantages_bt, mask_bt,
   **hparams) -> (loss_bt, metrics)`.
 * `KL_ESTIMATORS`: `fn(logp, ref_logp) -> kl` (elementwise).
@@ -91,6 +91,10 @@ ADVANTAGE_ESTIMATORS.register("dr_grpo", advantages.dr_grpo_advantages)
 ADVANTAGE_ESTIMATORS.register("rloo", advantages.rloo_advantages)
 ADVANTAGE_ESTIMATORS.register("batch_norm",
                               advantages.batch_normalized_advantages)
+# Needs `values_bt=` from a critic (`rl.critic`); `rl.update` trains one
+# whenever the estimator is in CRITIC_ESTIMATORS.
+ADVANTAGE_ESTIMATORS.register("gae", advantages.gae_outcome_advantages)
+CRITIC_ESTIMATORS = frozenset({"gae"})
 
 POLICY_LOSSES = Registry("policy loss")
 # "vanilla" is verl's `loss_mode` name for the same loss.
@@ -113,6 +117,11 @@ del _kind, _mode
 def get_advantage_estimator(name):
   """Outcome advantage estimator by name (`ValueError` if unknown)."""
   return ADVANTAGE_ESTIMATORS.get(name)
+
+
+def needs_critic(name) -> bool:
+  """Whether advantage estimator `name` reads a learned critic's values."""
+  return ADVANTAGE_ESTIMATORS.validate(name) in CRITIC_ESTIMATORS
 
 
 def get_policy_loss(name):

@@ -25,6 +25,9 @@ class TrainState:
       values.
     hparams: dict of float32 [] coefficients keyed by dotted config name
       (`rl.hparams`); empty for the fixed-transform kernel.
+    critic: `rl.critic.CriticState` (value-head / critic-model params and
+      their optimizer state) for PPO with GAE; None without a critic (no
+      leaves, so critic-free states and checkpoints are unchanged).
     frozen: with LoRA (`models.lora`), the model's non-trainable state (the
       frozen, possibly quantised base weights) as an `nnx.State`, carried
       as an argument of the jitted update (closed over, it would be
@@ -37,6 +40,7 @@ class TrainState:
   ctrl_state: Any
   skipped: jax.Array
   hparams: Any = struct.field(default_factory=dict)
+  critic: Any = None
   frozen: Any = None
 
 

@@ -21,6 +21,14 @@ does everything after scoring inside one jit:
      mode `entropy_jvp` gives per-token values where the model allows). Off `measure` steps none of it is traced;
   4. the metrics (verl names).
 
+PPO with a learned critic (`spec.critic`, estimator `gae`; `rl.critic`):
+step 1 also predicts the values `V_old` with the step-start critic and
+computes GAE advantages (whitened) and returns from the per-token rewards;
+every mini-batch of step 2 first updates the critic (clipped value loss,
+its own optimizer and lr) on the same rows, then the policy. During
+`critic.warmup_steps` the policy, its optimizer and the controllers hold
+(verl `critic_warmup`). The critic state rides in `TrainState.critic`.
+
 Every sweepable coefficient is read from `state.hparams` (`rl.hparams`), so
 `jax.vmap(update)` over stacked states sweeps seeds and coefficients in one
 program. `state.step` counts RL steps and is the schedules' one clock.
@@ -46,6 +54,7 @@ from flax import struct
 from jaxrl_ent.entropy import covariance
 from jaxrl_ent.entropy import exact_dynamics
 from jaxrl_ent.rl import advantages as advantages_lib
+from jaxrl_ent.rl import critic as critic_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
@@ -96,6 +105,9 @@ class UpdateSpec:
       forward (True) or the sampler's log-probs.
     kl_in_reward_kind: in-reward KL estimator, None when off.
     policy_hparams: (loss kwarg, hparam key) pairs fed to the policy loss.
+    critic: the learned critic (`rl.critic.CriticSpec`), required by the
+      estimators in `registry.CRITIC_ESTIMATORS` (GAE; γ, λ are
+      `hparams["advantage.gamma"|"advantage.lam"]`); None otherwise.
   """
   loss: ts.LossConfig
   optimizer: hparams_lib.OptimizerSpec
@@ -107,10 +119,22 @@ class UpdateSpec:
   recompute_old_logp: bool = True
   kl_in_reward_kind: str | None = None
   policy_hparams: tuple[tuple[str, str], ...] = ()
+  critic: critic_lib.CriticSpec | None = None
 
   @property
   def uses_reference(self) -> bool:
     return self.loss.kl_coef > 0 or self.kl_in_reward_kind is not None
+
+  def validate_critic(self):
+    """A critic exactly when the estimator reads one."""
+    if registry.needs_critic(self.estimator) != (self.critic is not None):
+      raise ValueError(
+          f"advantage estimator {self.estimator!r} "
+          + ("needs a critic (UpdateSpec.critic)." if self.critic is None
+             else "reads no critic: UpdateSpec.critic must be None."))
+    if self.critic is not None:
+      self.critic.validate()
+    return self
 
 
 def init_state(spec: UpdateSpec, params, hparams) -> state_lib.TrainState:
@@ -118,7 +142,11 @@ def init_state(spec: UpdateSpec, params, hparams) -> state_lib.TrainState:
   hp = hparams_lib.as_hparams(hparams)
   opt = hparams_lib.optimizer(spec.optimizer, hp, 0)
   ctrl = hparams_lib.controller(spec.controller, hp, 0)
-  return state_lib.create(params, opt, ctrl, hp)
+  state = state_lib.create(params, opt, ctrl, hp)
+  if spec.validate_critic().critic is not None:
+    state = state.replace(critic=critic_lib.init_state(spec.critic, params,
+                                                       hp))
+  return state
 
 
 def _stats(graphdef, rest, loss_cfg, params, batch: ts.RLBatch):
@@ -203,9 +231,13 @@ def make_update(graphdef, rest, spec: UpdateSpec):
   update uses the other two (train, shuffle).
   """
   spec.loss.validate()
+  spec.validate_critic()
   e, n, m = spec.ppo_epochs, spec.num_mini_batches, spec.loss.num_micro_batches
   estimator = registry.get_advantage_estimator(spec.estimator)
   stats = functools.partial(_stats, graphdef, rest, spec.loss)
+  cspec = spec.critic
+  critic_step = (critic_lib.make_step(graphdef, rest, cspec, m)
+                 if cspec is not None else None)
 
   def update(state: state_lib.TrainState, batch: RolloutBatch, key,
              ref_params=None, *, measure: bool = False):
@@ -236,17 +268,35 @@ def make_update(graphdef, rest, spec: UpdateSpec):
       ref_logp = zeros
     metrics = {}
     rewards = batch.rewards
+    token_rewards = advantages_lib.last_token_rewards(rewards, mask)
     if spec.kl_in_reward_kind is not None:
       # verl `use_kl_in_reward`: r_t ← r_t − β·k(old, ref) per token; the
       # outcome estimators then see the sequence sum.
       token_rewards, reward_kl = kl.kl_in_reward(
-          advantages_lib.last_token_rewards(rewards, mask), old_logp,
-          ref_logp, mask, hp["loss.kl_in_reward_coef"],
-          kind=spec.kl_in_reward_kind)
+          token_rewards, old_logp, ref_logp, mask,
+          hp["loss.kl_in_reward_coef"], kind=spec.kl_in_reward_kind)
       rewards = jnp.sum(token_rewards, axis=1)
       metrics["critic/kl_in_reward"] = reward_kl
       metrics["critic/rewards/mean"] = jnp.mean(rewards)
-    adv = estimator(rewards, mask, group_size=spec.group_size)
+    if cspec is not None:
+      # GAE on the per-token rewards with the critic's values at rollout
+      # time (verl `compute_gae_advantage_return`: returns before whitening).
+      old_values = jax.lax.stop_gradient(critic_lib.values(
+          graphdef, rest, cspec, state.critic.params, state.params,
+          batch.tokens, batch.positions, batch.attention_mask,
+          probe.prompt_len)) * mask
+      adv, returns = advantages_lib.gae_advantages(
+          token_rewards, old_values, mask, gamma=hp["advantage.gamma"],
+          lam=hp["advantage.lam"])
+      critic_rows = critic_lib.CriticBatch(
+          tokens=batch.tokens, positions=batch.positions,
+          attention_mask=batch.attention_mask, completion_mask=mask,
+          values=old_values, returns=returns)
+      # verl `critic_warmup`: only the critic learns in the first steps.
+      policy_on = step >= cspec.warmup_steps
+    else:
+      adv = estimator(rewards, mask, group_size=spec.group_size)
+      critic_rows, policy_on = None, None
     full = probe.replace(old_logp=old_logp, advantages=adv,
                          ref_logp=ref_logp)
     h_before = covariance.masked_mean(before.entropy, mask)
@@ -271,43 +321,64 @@ def make_update(graphdef, rest, spec: UpdateSpec):
     ctrl0 = state.ctrl_state
 
     def mini_batch(carry, j):
-      params, opt_state, ctrl, skipped, acc = carry
+      params, opt_state, ctrl, skipped, acc, crit = carry
       idx = jax.lax.dynamic_slice_in_dim(perms[j // n], (j % n) * mb_rows,
                                          mb_rows)
       mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), full)
+      if crit is not None:
+        # The critic first, on the policy the mini-batch starts from (its
+        # `head` trunk); both see the same rows.
+        crit, crit_metrics = critic_step(
+            crit, params, jax.tree.map(lambda x: jnp.take(x, idx, axis=0),
+                                       critic_rows), hp)
       grads, ctrl_out, mb_metrics = ts.accumulate_micro_batches(
           lambda p, _, micro, k: grad_fn(p, ctrl0, micro, k), params, ctrl0,
           mb, m, jax.random.fold_in(key_train, j))
       if sources:
         grads, src_grads = grads
       mb_metrics = jax.tree.map(jnp.mean, mb_metrics)
-      params_prev = params
+      params_prev, opt_prev = params, opt_state
       params, opt_state, finite, grad_norm = ts.guarded_apply(
           optimizer, grads, opt_state, params, mb_metrics["actor/loss"])
+      applied = finite
+      if policy_on is not None:
+        # Critic warm-up: the policy, its optimizer and the controllers hold.
+        keep = lambda new, old: jax.tree.map(
+            lambda a, b: jnp.where(policy_on, a, b), new, old)
+        params, opt_state = (keep(params, params_prev),
+                             keep(opt_state, opt_prev))
+        applied = finite & policy_on
       if sources:
         acc = _attribute(acc, src_grads, sources, params_prev, opt_state,
-                         finite, grad_norm, opt_values, adamw)
+                         applied, grad_norm, opt_values, adamw)
       mb_metrics["actor/grad_norm"] = grad_norm
       mb_metrics["train/update_finite"] = finite.astype(jnp.float32)
       mb_metrics.update(ts.controller_metrics(ctrl_out))
-      ctrl = jax.tree.map(lambda a, b: jnp.where(finite, a, b), ctrl_out,
+      ctrl = jax.tree.map(lambda a, b: jnp.where(applied, a, b), ctrl_out,
                           ctrl)
+      if crit is not None:
+        mb_metrics.update(crit_metrics)
       return (params, opt_state, ctrl,
-              skipped + (~finite).astype(jnp.int32), acc), mb_metrics
+              skipped + (~finite).astype(jnp.int32), acc, crit), mb_metrics
 
     acc0 = (exact_dynamics.init_attribution(
         state.params, optax.tree_utils.tree_get(state.opt_state, "mu")
         if adamw else None, len(sources)) if sources else None)
-    (params, opt_state, ctrl_state, skipped, acc), mb_metrics = jax.lax.scan(
-        mini_batch, (state.params, state.opt_state, ctrl0, state.skipped,
-                     acc0), jnp.arange(e * n))
+    (params, opt_state, ctrl_state, skipped, acc, crit), mb_metrics = (
+        jax.lax.scan(mini_batch, (state.params, state.opt_state, ctrl0,
+                                  state.skipped, acc0, state.critic),
+                     jnp.arange(e * n)))
     new_state = state.replace(step=step + 1, params=params,
                               opt_state=opt_state, ctrl_state=ctrl_state,
-                              skipped=skipped)
+                              skipped=skipped, critic=crit)
 
     # 4. Metrics: the mean over mini-batch updates, then whole-batch values.
     metrics.update(jax.tree.map(jnp.mean, mb_metrics))
     valid = mask > 0
+    if cspec is not None:
+      metrics.update(critic_lib.batch_metrics(old_values, returns, adv, mask))
+      metrics["critic/lr"] = hp["critic.lr"]
+      metrics["actor/policy_frozen"] = (~policy_on).astype(jnp.float32)
     metrics.update({
         "critic/advantages/mean": covariance.masked_mean(adv, mask),
         "critic/advantages/max": jnp.max(jnp.where(valid, adv, -jnp.inf)),

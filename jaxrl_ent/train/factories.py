@@ -7,7 +7,9 @@ fixed chain (benchmarks, the study's checks), the entropy controller chain
 as the update builds it.
 """
 
+from jaxrl_ent.rl import critic as critic_lib
 from jaxrl_ent.rl import hparams as hparams_lib
+from jaxrl_ent.rl import registry
 from jaxrl_ent.rl import train_step
 from jaxrl_ent.rl import update as update_lib
 
@@ -71,6 +73,20 @@ def _policy_hparams(cfg) -> dict[str, str]:
   return {}
 
 
+def critic_spec(config) -> critic_lib.CriticSpec | None:
+  """`config.critic` → the critic's static structure, when the advantage
+  estimator reads a critic (`registry.CRITIC_ESTIMATORS`, i.e. `gae`);
+  None otherwise (the block is then not read)."""
+  if not registry.needs_critic(config.advantage.estimator):
+    return None
+  cc = config.critic
+  return critic_lib.CriticSpec(
+      kind=cc.get("kind", "head"), warmup_steps=int(cc.get("warmup_steps", 0)),
+      agg_mode=cc.get("agg_mode", config.loss.agg_mode),
+      loss_scale_factor=config.loss.get("loss_scale_factor", None),
+      clip=cc.get("grad_clip", 1.0) is not None).validate()
+
+
 def update_spec(config) -> update_lib.UpdateSpec:
   """The static structure of the run's RL update (`rl.update`)."""
   t, o, e, lc = config.train, config.optim, config.entropy, config.loss
@@ -90,7 +106,8 @@ def update_spec(config) -> update_lib.UpdateSpec:
       recompute_old_logp=bool(t.recompute_old_logp),
       kl_in_reward_kind=(lc.kl_in_reward_kind
                          if lc.get("kl_in_reward_coef", 0.0) > 0 else None),
-      policy_hparams=tuple(sorted(_policy_hparams(lc).items())))
+      policy_hparams=tuple(sorted(_policy_hparams(lc).items())),
+      critic=critic_spec(config))
 
 
 def initial_hparams(config) -> dict[str, float]:
@@ -116,4 +133,13 @@ def initial_hparams(config) -> dict[str, float]:
     out["loss.kl_in_reward_coef"] = lc.kl_in_reward_coef
   for key in spec.controller.hparam_fields():
     out[key] = config.entropy.get(key.split(".", 1)[1])
+  if spec.critic is not None:
+    cc, adv = config.critic, config.advantage
+    out.update({"advantage.gamma": adv.get("gamma", 1.0),
+                "advantage.lam": adv.get("lam", 1.0),
+                "critic.lr": cc.lr,
+                "critic.cliprange_value": cc.get("cliprange_value", 0.5),
+                "critic.weight_decay": cc.get("weight_decay", 0.0)})
+    if spec.critic.clip:
+      out["critic.grad_clip"] = cc.grad_clip
   return {k: float(v) for k, v in out.items()}

@@ -45,6 +45,7 @@ from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.rewards import registry as reward_registry
 from jaxrl_ent.rewards import scoring
 from jaxrl_ent.rewards import tasks
+from jaxrl_ent.rl import critic as critic_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
@@ -446,6 +447,33 @@ def _check_loss_and_rl(c: _Checker):
   c.num("optim.grad_clip", low=0.0, low_open=True, allow_none=True)
 
 
+def _check_critic(c: _Checker):
+  """GAE's γ, λ and the `critic` block (`rl.critic`): ranges always,
+  required when the estimator reads a critic (`gae`)."""
+  estimator = _get(c.config, "advantage.estimator")
+  used = isinstance(estimator, str) and estimator in (
+      registry.CRITIC_ESTIMATORS)
+  for field in ("advantage.gamma", "advantage.lam"):
+    c.num(field, low=0.0, high=1.0, required=False)
+  if used and _get(c.config, "critic") is _MISSING:
+    c.add("critic", f"missing with advantage.estimator={estimator!r}; "
+          "allowed: a critic block (configs/grpo_tiny.critic_config)")
+    return
+  c.str_("critic.kind", choices=critic_lib.KINDS, required=used)
+  c.num("critic.lr", low=0.0, low_open=True, required=used)
+  warmup = c.int_("critic.warmup_steps", low=0, required=False)
+  steps = _get(c.config, "train.steps")
+  if used and _is_int(warmup) and _is_int(steps) and warmup >= steps:
+    c.add("critic.warmup_steps", f"{warmup} >= train.steps={steps}: the "
+          f"policy would never train; allowed: fewer than {steps}")
+  c.num("critic.cliprange_value", low=0.0, low_open=True, required=False,
+        why=" (verl cliprange_value)")
+  c.registry("critic.agg_mode", registry.AGG_MODES, required=False)
+  c.num("critic.weight_decay", low=0.0, required=False)
+  c.num("critic.grad_clip", low=0.0, low_open=True, allow_none=True,
+        required=False)
+
+
 def _check_lora(c: _Checker):
   """The `lora` block (configs/common.lora_config, models/lora.py)."""
   if _get(c.config, "lora") is _MISSING:
@@ -625,6 +653,7 @@ def _run_checks(c: _Checker, num_devices: int, num_processes: int):
   max_prompt = _check_data(c)
   _check_entropy(c)
   _check_loss_and_rl(c)
+  _check_critic(c)
   _check_lora(c)
   _check_batches(c, dp, num_processes)
   _check_distributed(c)
@@ -703,6 +732,11 @@ def _readers(config, field: str) -> tuple[str, bool] | None:
   if field == "loss.kl_in_reward_kind":
     return ("loss.kl_in_reward_coef > 0",
             _positive(get("loss.kl_in_reward_coef")))
+  estimator = get("advantage.estimator")
+  if block == "critic" or field in ("advantage.gamma", "advantage.lam"):
+    return ("advantage.estimator=gae (PPO with a critic)",
+            isinstance(estimator, str) and registry.needs_critic(estimator)
+            if estimator in registry.ADVANTAGE_ESTIMATORS else False)
   tiny = get("model_path") == ""
   if block == "model" and name not in ("dtype", "remat"):
     return "the tiny model (model_path='')", tiny

@@ -13,7 +13,9 @@ class RegistryTest(parameterized.TestCase):
 
   def test_expected_names(self):
     self.assertEqual(registry.ADVANTAGE_ESTIMATORS.names(),
-                     ("batch_norm", "dr_grpo", "grpo", "rloo"))
+                     ("batch_norm", "dr_grpo", "gae", "grpo", "rloo"))
+    self.assertTrue(registry.needs_critic("gae"))
+    self.assertFalse(registry.needs_critic("grpo"))
     self.assertEqual(registry.POLICY_LOSSES.names(),
                      ("gspo", "ppo_clip", "reinforce", "vanilla"))
     self.assertCountEqual(registry.KL_ESTIMATORS.names(), rl.kl.KL_KINDS)
