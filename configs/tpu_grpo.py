@@ -160,6 +160,19 @@ JOBS = {
         model="qwen3_8b", topology="v5p:4x4x4",
         mesh={"data": 1, "fsdp": 16, "tensor": 4},
         prompts=64, n=8, mini=4, micro=8, P=1024, C=16384, remat=True),
+    # ---- PPO with a learned critic (issue 21; jaxrl_ent/rl/critic.py).
+    # The 0.5B job with GAE and a separate critic model (`critic.kind=
+    # "model"`: the policy's decoder from the same checkpoint, f32, plus a
+    # value head). Critic params 4N + f32 AdamW moments 8N = 12N = 5.9 GB
+    # global, / 8 chips = 0.74 GB per chip on top of the policy's 10N / 8;
+    # its update (forward + backward of the f32 trunk per micro-batch, bf16
+    # compute) is the `critic_train` program, its value pass over all 512
+    # rows `critic_values`.
+    "qwen2_5_0_5b_v5e8_ppo": dict(
+        model="qwen2_5_0_5b", topology="v5e:2x4",
+        mesh={"data": 1, "fsdp": 8, "tensor": 1},
+        prompts=64, n=8, mini=4, micro=8, P=512, C=512, remat=True,
+        algo="ppo", critic="model"),
     # ---- LoRA / QLoRA on 16 GiB chips (issue 24; jaxrl_ent/models/lora.py).
     # Rank-16 adapters on all seven projections are the only trainable
     # parameters; the base is frozen in bf16 (LoRA) or NF4 (QLoRA), so the
@@ -203,7 +216,7 @@ JOBS = {
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, job="qwen2_5_0_5b_v5e8", entropy="kl_cov",
-                       runlocal=False)
+                       runlocal=False, algo="")
   if a.job not in JOBS:
     raise ValueError(f"config argument job={a.job!r}; known: {sorted(JOBS)}.")
   job = JOBS[a.job]
@@ -229,6 +242,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rollout.max_new_tokens = job["C"]
   c.loss.token_chunk = job.get("token_chunk", 512)
   c.loss.vocab_chunk = job.get("vocab_chunk", 8192)
+  # :algo=ppo (or a job's own `algo`): GAE with a learned critic, verl's
+  # critic defaults (lr 1e-5, cliprange_value 0.5, no warm-up).
+  algo = a.algo or job.get("algo", "grpo")
+  if algo not in grpo_tiny.ALGOS:
+    raise ValueError(f"config argument algo={algo!r}; known: "
+                     f"{grpo_tiny.ALGOS}.")
+  if algo == "ppo":
+    c.advantage.estimator = "gae"
+    c.critic = grpo_tiny.critic_config(kind=job.get("critic", "model"),
+                                       lr=1e-5, warmup_steps=0)
   c.lora = common.lora_config(enabled="lora" in job, **job.get("lora", {}))
   if "lora" in job:
     # Adapters start at the base and move only a low-rank subspace: they

@@ -52,6 +52,7 @@ from jaxrl_ent.models import lora
 from jaxrl_ent import sharding
 from jaxrl_ent import storage
 from jaxrl_ent.train import checkpoint
+from jaxrl_ent.train import critic_export
 from jaxrl_ent.train import distributed
 from jaxrl_ent.train import run_policy
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -75,6 +76,10 @@ _FORMAT = flags.DEFINE_enum(
     "(`peft.PeftModel.from_pretrained(base, folder)`).")
 _VERIFY = flags.DEFINE_bool(
     "verify", True, "Read the folder back and check it bit-exact.")
+_CRITIC = flags.DEFINE_bool(
+    "critic", False, "Also export a PPO run's critic (value head, and the "
+    "critic model of critic.kind=model) to <output_dir>_critic; the policy "
+    "folder never holds it (jaxrl_ent/train/critic_export.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 INFO_FILE = "jaxrl_ent_export.json"
@@ -126,7 +131,7 @@ def lora_base_path(config, workdir) -> str:
 
 def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
         dtype: str | None = None, verify: bool = True,
-        fmt: str = "merged") -> dict:
+        fmt: str = "merged", critic: bool = False) -> dict:
   """Exports; returns the info record (also written to the folder)."""
   mesh = sharding.make_mesh(dict(config.mesh))
   ckpt_dir = storage.path(checkpoint_dir or storage.path(workdir) / "ckpt")
@@ -151,6 +156,9 @@ def run(config, workdir, *, step=None, checkpoint_dir=None, output_dir=None,
                        json.dumps(info, indent=2, default=str))
   if verify and fmt == "merged":
     verify_export(policy, out, jdtype)
+  if critic:
+    info["critic"] = critic_export.export_critic(
+        config, ckpt_dir, mesh, f"{out}_critic", step=restored)
   info["output_dir"] = str(out)
   info["verified"] = verify
   return info
@@ -172,10 +180,14 @@ def main(argv):
   info = run(_CONFIG.value, _WORKDIR.value, step=_STEP.value,
              checkpoint_dir=_CHECKPOINT_DIR.value,
              output_dir=_OUTPUT_DIR.value, dtype=_DTYPE.value,
-             verify=_VERIFY.value, fmt=_FORMAT.value)
+             verify=_VERIFY.value, fmt=_FORMAT.value,
+             critic=_CRITIC.value)
   checked = ("read back bit-exact" if info["verified"] else "not verified")
   print(f"exported step {info['step']} of {info['checkpoint_dir']} to "
         f"{info['output_dir']} ({info['dtype']}, {checked})")
+  if "critic" in info:
+    print(f"critic ({info['critic']['kind']}) to "
+          f"{info['critic']['output_dir']}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ the programs one RL step runs (DESIGN.md §1):
   decode       sample one token, one cached forward   (rollout.sampler.decode_step)
   logp         old/reference log-probs, whole batch   (rl.train_step.make_stats_fn)
   train        one mini-batch update, micro-batched   (rl.train_step.make_train_step)
+  critic_values  a PPO critic's values, whole batch   (rl.critic.values)
+  critic_train   the critic's mini-batch update       (rl.critic.make_step)
+
+The two critic programs are traced with "train" when the config trains a
+critic (`advantage.estimator="gae"`); both take the whole train state, as
+the one jitted update holds policy and critic together.
 
 They are the same functions `train.rl_loop` calls, so what compiles here is
 what a pod runs. Each program is reported with XLA's per-device memory
@@ -35,6 +41,7 @@ from jaxrl_ent.aot import hlo
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decoder
 from jaxrl_ent.models import hf_io
+from jaxrl_ent.rl import critic as critic_lib
 from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import state as state_lib
@@ -136,6 +143,7 @@ class Setup:
   controller: object
   loss_cfg: ts.LossConfig
   sizes: Sizes
+  critic: critic_lib.CriticSpec | None = None
 
 
 def build_setup(config, devices=None) -> Setup:
@@ -196,7 +204,7 @@ def build_setup(config, devices=None) -> Setup:
   return Setup(config=config, topology=topology, mesh=mesh, rules=rules,
                model_cfg=model_cfg, graphdef=graphdef, rest=rest, state=state,
                optimizer=optimizer, controller=controller, loss_cfg=loss_cfg,
-               sizes=sizes)
+               sizes=sizes, critic=spec.critic)
 
 
 def _batch_sharding(setup: Setup, shape) -> NamedSharding:
@@ -316,7 +324,48 @@ def trace_programs(setup: Setup, which=("prefill", "decode", "logp",
       out.append(Program("train", step.trace(
           setup.state, rl_batch(setup, s.minibatch_rows), key), s.updates,
           passes))
+      if setup.critic is not None:
+        out += _critic_programs(setup)
   return out
+
+
+def _critic_batch(setup: Setup, rows: int) -> critic_lib.CriticBatch:
+  b = rl_batch(setup, rows)
+  return critic_lib.CriticBatch(
+      tokens=b.tokens, positions=b.positions, attention_mask=b.attention_mask,
+      completion_mask=b.completion_mask, values=b.old_logp,
+      returns=b.advantages)
+
+
+def _critic_programs(setup: Setup) -> list[Program]:
+  """The critic's value pass and mini-batch update (`rl.update` runs both
+  inside its one jit; here each holds the whole state, so the memory
+  analysis counts policy and critic together)."""
+  s, spec = setup.sizes, setup.critic
+  own_trunk = spec.kind == "model"
+  step = critic_lib.make_step(setup.graphdef, setup.rest, spec,
+                              setup.config.loss.num_micro_batches)
+
+  def values(state, batch):
+    return critic_lib.values(setup.graphdef, setup.rest, spec,
+                             state.critic.params, state.params, batch.tokens,
+                             batch.positions, batch.attention_mask,
+                             s.prompt_len)
+
+  def train(state, batch):
+    crit, metrics = step(state.critic, state.params, batch, state.hparams)
+    return state.replace(critic=crit), metrics
+
+  recompute = setup.model_cfg.effective_remat_policy != "none"
+  # A `head` critic reads the policy's trunk forward only (no backward).
+  passes = setup.config.loss.num_micro_batches * (
+      (2 + recompute) if own_trunk else 1)
+  return [
+      Program("critic_values", jax.jit(values).trace(
+          setup.state, _critic_batch(setup, s.rows)), 1, 1),
+      Program("critic_train", jax.jit(train, donate_argnums=(0,)).trace(
+          setup.state, _critic_batch(setup, s.minibatch_rows)), s.updates,
+              passes)]
 
 
 def _abstract_decode_weights(setup: Setup) -> decoder.DecodeWeights:
@@ -486,7 +535,9 @@ def state_bytes(setup: Setup) -> dict[str, int]:
           "opt_state": nbytes(setup.state.opt_state),
           "ctrl_state": nbytes(setup.state.ctrl_state),
           # LoRA: the frozen (possibly quantised) base; 0 otherwise.
-          "frozen": nbytes(setup.state.frozen)}
+          "frozen": nbytes(setup.state.frozen),
+          # PPO: the critic's params + optimizer state; 0 otherwise.
+          "critic": nbytes(setup.state.critic)}
 
 
 def check(config, which=("prefill", "decode", "logp", "train"),

@@ -23,7 +23,9 @@ def format_reports(setup: programs_lib.Setup, reports, estimate) -> str:
       f"{setup.model_cfg.attention_impl}; params {_gib(state['params'])} GiB + "
       f"optimizer {_gib(state['opt_state'])} GiB (global)" + (
           f"; LoRA: frozen base {_gib(state['frozen'])} GiB, adapters "
-          f"{state['params'] / 1e6:.1f} MB" if state["frozen"] else ""),
+          f"{state['params'] / 1e6:.1f} MB" if state["frozen"] else "") + (
+          f"; critic ({setup.critic.kind}) params + optimizer "
+          f"{_gib(state['critic'])} GiB" if state.get("critic") else ""),
       f"batch: {s.prompts} prompts x {s.n_samples} = {s.rows} rows of "
       f"{s.prompt_len}+{s.new_tokens} tokens; train calls of "
       f"{s.minibatch_rows} rows = {s.minibatch_rows // s.micro_rows} x "

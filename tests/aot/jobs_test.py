@@ -119,5 +119,24 @@ class JobsTest(parameterized.TestCase):
                        v * d // chips_n, leaf)
 
 
+  def test_ppo_job_holds_a_float32_critic_sharded_like_the_policy(self):
+    if not HAVE_LIBTPU:
+      self.skipTest("needs libtpu: pip install -e '.[tpu]'")
+    setup = programs.build_setup(tpu_grpo.get_config(
+        "job=qwen2_5_0_5b_v5e8_ppo"))
+    critic = setup.state.critic
+    self.assertEqual(setup.critic.kind, "model")
+    trunk = critic.params["trunk"]
+    self.assertEqual(
+        jax.tree.leaves(sharding.tree_specs(jax.tree.map(
+            lambda x: x.sharding, trunk))),
+        jax.tree.leaves(sharding.tree_specs(jax.tree.map(
+            lambda x: x.sharding, setup.state.params))))
+    # f32 params + f32 AdamW moments: 12 bytes per parameter (+ the head).
+    n = setup.model_cfg.num_params()
+    self.assertAlmostEqual(programs.state_bytes(setup)["critic"] / (12 * n),
+                           1.0, places=3)
+
+
 if __name__ == "__main__":
   absltest.main()
