@@ -486,6 +486,12 @@ def _check_lora(c: _Checker):
   c.num("lora.dropout", low=0.0, high=0.0, required=False,
         why=" (a dropout mask would make the trained policy differ from the "
         "one that sampled the rollout)")
+  sweep = [_get(c.config, f) for f in ("sweep.seeds", "sweep.grid")]
+  if on is True and any(isinstance(v, str) and v.strip() for v in sweep):
+    # The stacked rollout closes over the model's rest, which for LoRA is
+    # the (donated) frozen base; one run per process for now.
+    c.add("lora.enabled", "True with sweep.seeds / sweep.grid set; allowed: "
+          "LoRA runs without replicas (run the seeds as separate runs)")
   targets = c.str_("lora.targets", required=on is True)
   if isinstance(targets, str):
     names = [t.strip() for t in targets.split(",") if t.strip()]
