@@ -115,7 +115,15 @@ def optimizer(spec: CriticSpec, hp):
 
 
 def _hidden_size(policy_params) -> int:
-  return int(jax.tree.leaves(policy_params["final_norm"])[0].shape[-1])
+  """D, from the policy's final norm [D]."""
+  try:
+    return int(jax.tree.leaves(policy_params["final_norm"])[0].shape[-1])
+  except (KeyError, TypeError, IndexError):
+    # LoRA trains adapters only: the base (and its norm) is not in params.
+    raise NotImplementedError(
+        "the PPO critic needs the policy's full parameters (final_norm); "
+        "a LoRA policy's trainable params are its adapters only, which the "
+        "critic does not support yet.") from None
 
 
 def init_params(spec: CriticSpec, policy_params):

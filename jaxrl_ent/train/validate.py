@@ -41,6 +41,7 @@ from jaxrl_ent.aot import chips
 from jaxrl_ent.data import records
 from jaxrl_ent.data import tokenization
 from jaxrl_ent.models import config as config_lib
+from jaxrl_ent.models import decode_attention
 from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.rewards import registry as reward_registry
 from jaxrl_ent.rewards import scoring
@@ -418,6 +419,8 @@ def _check_loss_and_rl(c: _Checker):
   c.int_("rollout.max_new_tokens", low=1)
   c.bool_("rollout.continuous", required=False)
   c.int_("rollout.num_slots", low=0, required=False)
+  c.str_("rollout.decode_attention", choices=decode_attention.CHOICES,
+         required=False)
   spec = c.value("reward.spec")
   if spec is not _MISSING and not isinstance(spec, (str, dict)) and not (
       hasattr(spec, "keys")):
@@ -459,6 +462,10 @@ def _check_critic(c: _Checker):
     c.add("critic", f"missing with advantage.estimator={estimator!r}; "
           "allowed: a critic block (configs/grpo_tiny.critic_config)")
     return
+  if used and _get(c.config, "lora.enabled") is True:
+    c.add("advantage.estimator", f"{estimator!r} trains a critic, which a "
+          "LoRA policy does not support yet (lora.enabled=True); allowed: "
+          "a critic-free estimator with LoRA")
   c.str_("critic.kind", choices=critic_lib.KINDS, required=used)
   c.num("critic.lr", low=0.0, low_open=True, required=used)
   warmup = c.int_("critic.warmup_steps", low=0, required=False)
