@@ -150,9 +150,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # continuous: continuous batching over `num_slots` decode slots (0 = a
   # quarter of the rows), refilled as rows stop; off here, where the
   # completions are 12 tokens and rows end together (see README, rollout).
+  # decode_attention: `auto` is the Pallas TPU kernel on TPU, the XLA
+  # blockwise one elsewhere (jaxrl_ent/models/decode_attention.py).
   c.rollout = ml_collections.ConfigDict(dict(
       max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, n_samples=8,
-      continuous=False, num_slots=0))
+      continuous=False, num_slots=0, decode_attention="auto"))
   # timeout_s bounds one reward call; batch_timeout_s the wall time of
   # scoring one batch (items still unscored then count as timeouts).
   c.reward = ml_collections.ConfigDict(dict(

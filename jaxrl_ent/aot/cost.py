@@ -47,12 +47,33 @@ def _pallas_flops(eqn) -> int:
   the diagonal at run time: n(n + 1)/2 of the n² block pairs run.
   """
   grid = tuple(eqn.params["grid_mapping"].grid)
-  body = jaxpr_flops(eqn.params["jaxpr"])
+  try:
+    body = jaxpr_flops(eqn.params["jaxpr"])
+  except ValueError:
+    return _paged_attention_flops(eqn)
   steps = math.prod(grid)
   if "splash" in str(eqn.params.get("name", "")) and grid:
     n = grid[-1]
     steps = steps * (n + 1) // (2 * n)
   return steps * body
+
+
+def _paged_attention_flops(eqn) -> int:
+  """A kernel with a data-dependent loop: the TPU paged decode attention
+  (`models.decode_attention.pallas_tpu`), whose per-sequence loop runs over
+  its filled blocks. Counted as if every page of the [K, pages, page, H]
+  key and value pools were read by its group of G queries (the full cache:
+  an upper bound, as the AOT check counts the other decode attentions):
+  QK^T and PV, 2 · 2 · G · H per (kv head, cached token).
+  """
+  q = eqn.params["out_avals"][0].shape        # [B·K, G, (1,) H]
+  pools = [v.aval.shape for v in eqn.invars if v.aval.ndim == 4
+           and v.aval.shape[-1] == q[-1] and v.aval.shape != q]
+  if len(q) not in (3, 4) or not pools:
+    raise ValueError("jaxpr_flops: a Pallas kernel with a data-dependent "
+                     "loop that is not the paged decode attention.")
+  kv_heads, pages, page, h = pools[0]
+  return 4 * q[1] * h * kv_heads * pages * page
 
 
 def jaxpr_flops(jaxpr) -> int:

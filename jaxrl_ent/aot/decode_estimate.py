@@ -17,7 +17,13 @@ with mean C/8, capped at C (the distribution `benchmarks/rollout.py
   static, length-aware     step t at fill (P + t + 1) / (P + C)
   continuous, S slots      slots refilled as rows stop; step fill = that of
                            the slot furthest along (what the XLA blockwise
-                           kernel reads; a ragged kernel would read less)
+                           kernel reads)
+
+With the Pallas TPU kernel (`decode_attention.pallas_tpu`, what `auto`
+picks on TPU for a head dim that is a multiple of 128) the steps are
+compiled with it and each slot reads only its own fill: both length-aware
+schedules then use the mean fill over slots (a stopped row's slot reads one
+column) instead of the max; the whole-cache baseline stays the XLA step.
 
 Prefill is the same in all three and is left out. Step times between the
 measured fills are interpolated linearly.
@@ -63,7 +69,7 @@ class DecodeEstimate:
     lines = [f"decode step vs cache fill (roofline, {self.rows} rows, "
              f"P {self.prompt_len} + C {self.new_tokens}):"]
     for kind, per in self.step_s.items():
-      slots = self.rows if kind == "static" else self.slots
+      slots = self.slots if kind == "continuous" else self.rows
       cells = ", ".join(
           f"{int(f * 100)} % {t * 1e3:.2f} ms (>= "
           f"{self.step_lb_s[kind][f] * 1e3:.2f})" for f, t in per.items())
@@ -82,9 +88,10 @@ class DecodeEstimate:
     return "\n".join(lines)
 
 
-def _carry(setup, slots: int, width: int):
+def _carry(setup, slots: int, width: int, token_major: bool = False):
   """Abstract `DecodeCarry` (+ prompt lengths) of `slots` × `width` columns,
-  laid out as the rollout's (rows over data × fsdp, kv heads over tensor)."""
+  laid out as the rollout's (rows over data × fsdp, kv heads over tensor;
+  keys [.., S, H] with `token_major`, the Pallas TPU kernel's)."""
   cfg, s = setup.model_cfg, setup.sizes
   rows, c = s.rows, s.new_tokens
 
@@ -94,7 +101,8 @@ def _carry(setup, slots: int, width: int):
                                 sharding=programs._carry_sharding(setup, x))  # pylint: disable=protected-access
   kh, h, n = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
   cache = decoder.SlotCache(
-      k=tuple(arr((slots, kh, h, width), cfg.dtype) for _ in range(n)),
+      k=tuple(arr((slots, kh, width, h) if token_major else
+                  (slots, kh, h, width), cfg.dtype) for _ in range(n)),
       v=tuple(arr((slots, kh, width, h), cfg.dtype) for _ in range(n)),
       lengths=arr((slots,), jnp.int32), starts=arr((slots,), jnp.int32))
   carry = sampler.DecodeCarry(
@@ -105,18 +113,23 @@ def _carry(setup, slots: int, width: int):
   return arr((slots,), jnp.int32), carry
 
 
-def step_time(setup, slots: int, fill: float, lockstep: bool = True
-              ) -> programs.Report:
+def step_time(setup, slots: int, fill: float, lockstep: bool = True,
+              impl: str = "full") -> programs.Report:
   """Compiles the decode step of `slots` slots at cache fill `fill`
-  (`lockstep`: the static batch's writes; else continuous, per-slot)."""
+  (`lockstep`: the static batch's writes; else continuous, per-slot) with
+  decode attention `impl`."""
   s = setup.sizes
   sp = dataclasses.replace(programs.sampling_params(setup.config),
-                           decode_attention="full")
+                           decode_attention=impl)
   width = max(8, int(round(fill * (s.prompt_len + s.new_tokens) / 8)) * 8)
+  if impl == "pallas_tpu":  # The kernel's block (`cache_width`) divides W.
+    width = sampler.cache_width(s.prompt_len, sp)[0] if fill >= 1 else (
+        -(-width // sp.kv_block) * sp.kv_block)
   weights = programs._abstract_decode_weights(setup)  # pylint: disable=protected-access
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=(
       jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())))
-  prompt_len, carry = _carry(setup, slots, width)
+  prompt_len, carry = _carry(setup, slots, width,
+                             decoder_token_major(impl))
 
   def decode(params, weights, prompt_len, carry, key):
     del params
@@ -129,14 +142,21 @@ def step_time(setup, slots: int, fill: float, lockstep: bool = True
       f"decode@{int(fill * 100)}%", traced, 1, 1))
 
 
+def decoder_token_major(impl: str) -> bool:
+  from jaxrl_ent.models import decode_attention  # pylint: disable=g-import-not-at-top
+  return decode_attention.token_major_keys(impl)
+
+
 def long_tail_lengths(rows: int, budget: int, seed: int = 0) -> np.ndarray:
   """Per-row stop lengths: geometric with mean budget / 8, capped."""
   rng = np.random.default_rng(seed)
   return np.minimum(rng.geometric(min(1.0, 8.0 / budget), rows), budget)
 
 
-def continuous_schedule(lengths, slots: int) -> list[int]:
-  """Per decode step, the tokens done by the slot furthest along (1-based).
+def continuous_schedule(lengths, slots: int, ragged: bool = False) -> list:
+  """Per decode step, the tokens done by the slot furthest along (1-based),
+  or with `ragged` the mean over slots (what a per-slot kernel reads; an
+  idle slot counts as 0).
 
   Rows enter slots in order; a slot whose row stops takes the next row at
   the next step (as `sampler.refill` does).
@@ -148,34 +168,62 @@ def continuous_schedule(lengths, slots: int) -> list[int]:
   out = []
   while any(r is not None for r in cur):
     pos = [p + 1 if r is not None else 0 for p, r in zip(pos, cur)]
-    out.append(max(pos))
+    out.append(sum(pos) / slots if ragged else max(pos))
     for i, r in enumerate(cur):
       if r is not None and pos[i] >= lengths[r]:
         cur[i], pos[i] = next(queue, None), 0
   return out
 
 
+def static_ragged_schedule(lengths) -> np.ndarray:
+  """Per step of the static batch, the mean over rows of the tokens each
+  row has done (a stopped row's slot reads one column: counted as 0)."""
+  lengths = np.asarray(lengths)
+  t = np.arange(1, int(lengths.max()) + 1)
+  return np.where(t[:, None] <= lengths[None, :], t[:, None], 0).mean(1)
+
+
 def estimate(config, setup=None, seed: int = 0) -> DecodeEstimate:
-  """Compiles the decode step at each of `FILLS` and sums the schedules."""
+  """Compiles the decode step at each of `FILLS` and sums the schedules.
+
+  With the Pallas TPU kernel (`rollout.decode_attention` `auto` for a head
+  dim that is a multiple of 128, or `pallas_tpu`) the steps are compiled
+  with it (per-slot writes; XLA counts the kernel's whole cache operands as
+  read, so the step at width f·W is the step at fill f), and each slot reads
+  its own fill: the schedules use the mean fill over slots, not the max.
+  The "static, whole cache" baseline stays the whole-cache XLA step.
+  """
+  from jaxrl_ent.models import decode_attention  # pylint: disable=g-import-not-at-top
   setup = setup or programs.build_setup(config)
   s = setup.sizes
   r = config.rollout
+  impl = decode_attention.resolve(
+      str(r.get("decode_attention", "auto")), "tpu",
+      kv_int8=bool(r.get("kv_int8", False)),
+      head_dim=setup.model_cfg.head_dim)
+  kernel = impl == "pallas_tpu"
+  step_impl = impl if kernel else "full"
   slots = sampler.SamplingParams(
       max_new_tokens=s.new_tokens, continuous=True,
       num_slots=int(r.get("num_slots", 0))).slots(s.rows)
   chip = setup.topology.chip
   step_s, step_lb_s, fits = {}, {}, {}
-  for kind, n in (("static", s.rows), ("continuous", slots)):
-    reports = [step_time(setup, n, f, lockstep=kind == "static")
-               for f in FILLS]
+  kinds = [("static", s.rows), ("continuous", slots)]
+  if kernel:
+    kinds.append(("whole cache", s.rows))
+  for kind, n in kinds:
+    fills = (1.0,) if kind == "whole cache" else FILLS
+    reports = [step_time(setup, n, f, lockstep=kind != "continuous",
+                         impl="full" if kind == "whole cache" else step_impl)
+               for f in fills]
     fits[kind] = all(rep.fits for rep in reports)
     step_s[kind] = {f: (rep.roofline.seconds if rep.roofline else float("nan"))
-                    for f, rep in zip(FILLS, reports)}
+                    for f, rep in zip(fills, reports)}
     step_lb_s[kind] = {
         f: max(rep.roofline.flops / chip.peak_flops,
                (rep.argument_bytes + rep.output_bytes - rep.alias_bytes) /
                chip.hbm_bandwidth) if rep.roofline else float("nan")
-        for f, rep in zip(FILLS, reports)}
+        for f, rep in zip(fills, reports)}
   lengths = long_tail_lengths(s.rows, s.new_tokens, seed)
   width = s.prompt_len + s.new_tokens
 
@@ -185,16 +233,20 @@ def estimate(config, setup=None, seed: int = 0) -> DecodeEstimate:
     return float(np.interp(fills, list(per), list(per.values())).sum())
 
   longest = int(lengths.max())
-  static_done = np.arange(1, longest + 1)
-  cont_done = continuous_schedule(lengths, slots)
+  static_done = (static_ragged_schedule(lengths) if kernel
+                 else np.arange(1, longest + 1))
+  cont_done = continuous_schedule(lengths, slots, ragged=kernel)
+  tag = f" ({impl})" if kernel else ""
   steps = {"static, whole cache": longest,
-           "static, length-aware": longest,
-           f"continuous, {slots} slots": len(cont_done)}
+           f"static, length-aware{tag}": longest,
+           f"continuous, {slots} slots{tag}": len(cont_done)}
   rollout_s, rollout_lb_s = {}, {}
   for out, table in ((rollout_s, step_s), (rollout_lb_s, step_lb_s)):
-    out["static, whole cache"] = longest * table["static"][1.0]
-    out["static, length-aware"] = total("static", static_done, table)
-    out[f"continuous, {slots} slots"] = total("continuous", cont_done, table)
+    out["static, whole cache"] = longest * table[
+        "whole cache" if kernel else "static"][1.0]
+    out[f"static, length-aware{tag}"] = total("static", static_done, table)
+    out[f"continuous, {slots} slots{tag}"] = total("continuous", cont_done,
+                                                   table)
   return DecodeEstimate(
       rows=s.rows, slots=slots, prompt_len=s.prompt_len,
       new_tokens=s.new_tokens, step_s=step_s, step_lb_s=step_lb_s, fits=fits,

@@ -243,7 +243,8 @@ def sampling_params(config) -> sampler.SamplingParams:
   return sampler.SamplingParams(
       max_new_tokens=r.max_new_tokens, temperature=float(r.temperature),
       top_p=float(r.top_p), top_k=r.top_k, n_samples=r.n_samples,
-      stop_token_ids=(0,), return_entropy=True, pad_id=0)
+      stop_token_ids=(0,), return_entropy=True, pad_id=0,
+      decode_attention=str(r.get("decode_attention", "auto")))
 
 
 # ----------------------------------------------------------------- programs

@@ -373,7 +373,8 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
     weights: `DecoderLM.decode_weights()`.
     tokens_b: int [B] token ids.
     cache: the slots' caches.
-    attention: `decode_attention.IMPLS` member.
+    attention: `decode_attention.IMPLS` member (resolved, not `auto`); for
+      `pallas_tpu` keys are [B, K, S, H] and starts are 0.
     block: cache columns per attention block (divides the cache width).
     lockstep: every slot is at the same column (the static batch): the
       cache writes are then dynamic-update-slices, not scatters.
@@ -384,6 +385,10 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
   cfg = weights.cfg
   col = cache.lengths
   lengths = col + 1
+  # Keys [B, K, H, S] (column axis 3), or [B, K, S, H] and left-aligned
+  # slots for the TPU kernel (`decode_attention.token_major_keys`).
+  token_major = decode_attention.token_major_keys(attention)
+  k_axis = 2 if token_major else 3
   x = _embed(cfg, weights.embed, tokens_b[:, None])
   cos, sin = _rope_tables(cfg, (col - cache.starts)[:, None])
   new_k, new_v, new_ks, new_vs = [], [], [], []
@@ -395,16 +400,17 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
     if cache.quantized:
       k_bkh, ks = decode_attention.quantize(k_bkh, axis=-1)
       v_bkh, vs = decode_attention.quantize(v_bkh, axis=-1)
-      k_scale = _write_column(cache.k_scale[i], ks, col, 3, lockstep)
+      k_scale = _write_column(cache.k_scale[i], ks, col, k_axis, lockstep)
       v_scale = _write_column(cache.v_scale[i], vs, col, 2, lockstep)
       new_ks.append(k_scale)
       new_vs.append(v_scale)
-    k_cache = _write_column(k_cache, k_bkh, col, 3, lockstep)
+    k_cache = _write_column(k_cache, k_bkh, col, k_axis, lockstep)
     v_cache = _write_column(v_cache, v_bkh, col, 2, lockstep)
     new_k.append(k_cache)
     new_v.append(v_cache)
     attn = decode_attention.attend(q[:, 0], k_cache, v_cache, lengths,
-                                   k_scale, v_scale, starts_b=cache.starts,
+                                   k_scale, v_scale, starts_b=None if
+                                   token_major else cache.starts,
                                    impl=attention, block=block)
     x = _finish_layer(cfg, p, x, attn[:, None])
   x = layers.rms_norm(x, weights.final_norm, cfg.rms_norm_eps)

@@ -98,7 +98,11 @@ class SamplingParams:
       at least 1); at or above the row count it is the static batch.
     kv_int8: int8 KV cache with float32 scales per (slot, kv head, token)
       (off by default: it changes the behaviour log-probs slightly).
-    decode_attention: `models.decode_attention.IMPLS` member.
+    decode_attention: `models.decode_attention.CHOICES` member: `auto`
+      (default) is the Pallas TPU kernel when compiling for a TPU,
+      `blockwise` elsewhere (`decode_attention.resolve`). With `pallas_tpu`
+      the slot caches hold keys token-major and each row left-aligned at
+      column 0 (the kernel's layout; the completions are the same).
     kv_block: cache columns per block of the decode attention.
   """
   max_new_tokens: int
@@ -113,8 +117,14 @@ class SamplingParams:
   continuous: bool = False
   num_slots: int = 0
   kv_int8: bool = False
-  decode_attention: str = "blockwise"
+  decode_attention: str = "auto"
   kv_block: int = 128
+
+  def attention(self, head_dim: int) -> str:
+    """The decode attention impl, `auto` resolved for the target platform
+    (the active mesh's devices, else jax's backend): call it when tracing."""
+    return attention_lib.resolve(self.decode_attention, kv_int8=self.kv_int8,
+                                 head_dim=head_dim)
 
   def slots(self, rows: int) -> int:
     """S, the decode slots for `rows` rows (R for the static batch)."""
@@ -140,10 +150,13 @@ class SamplingParams:
     if not isinstance(self.num_slots, int) or self.num_slots < 0:
       raise ValueError(f"num_slots must be an int >= 0, got "
                        f"{self.num_slots!r}.")
-    if self.decode_attention not in attention_lib.IMPLS:
+    if self.decode_attention not in attention_lib.CHOICES:
       raise ValueError(f"decode_attention must be one of "
-                       f"{attention_lib.IMPLS}, got "
+                       f"{attention_lib.CHOICES}, got "
                        f"{self.decode_attention!r}.")
+    if self.kv_int8 and self.decode_attention == "pallas_tpu":
+      raise ValueError("decode_attention='pallas_tpu' cannot read the int8 "
+                       "KV cache (kv_int8=True); use 'auto' or 'blockwise'.")
     if not isinstance(self.kv_block, int) or self.kv_block < 8:
       raise ValueError(f"kv_block must be an int >= 8, got "
                        f"{self.kv_block!r}.")
@@ -163,7 +176,7 @@ def generate(policy: decoder.DecoderLM, prompts, key: jax.Array, *,
              max_prompt_len: int | None = None,
              prompt_buckets: Sequence[int] | None = None,
              continuous: bool = False, num_slots: int = 0,
-             kv_int8: bool = False, decode_attention: str = "blockwise",
+             kv_int8: bool = False, decode_attention: str = "auto",
              row_budgets=None, mesh=None) -> Rollout:
   """Samples `n_samples` completions for each prompt.
 
@@ -356,22 +369,38 @@ def prefill_queue(weights: decoder.DecodeWeights, tokens_bp, mask_bp,
   last_logits = decoder.cached_logits(weights, hidden[:, -1:])[:, 0]
   prompt_len = mask_bp.sum(axis=1).astype(jnp.int32)
   k, v, ks, vs = cache.k, cache.v, (), ()
+  starts, lengths = p - prompt_len, jnp.full((b,), p, jnp.int32)
+  if attention_lib.token_major_keys(params.attention(cfg.head_dim)):
+    k, v = _left_align(k, v, starts)
+    starts, lengths = jnp.zeros_like(starts), prompt_len
   if params.kv_int8:
     k, ks = zip(*(attention_lib.quantize(x, axis=2) for x in k))
     v, vs = zip(*(attention_lib.quantize(x, axis=3) for x in v))
   return PromptQueue(
       _constrain_slots(decoder.SlotCache(
-          tuple(k), tuple(v), jnp.full((b,), p, jnp.int32), p - prompt_len,
-          tuple(ks), tuple(vs))),
+          tuple(k), tuple(v), lengths, starts, tuple(ks), tuple(vs))),
       sharding.constrain(last_logits, ("act_batch", "act_vocab")))
+
+
+def _left_align(k, v, starts_b):
+  """Keys [B, K, H, P] -> [B, K, P, H] and both caches' rows shifted left
+  by `starts_b` (the prompt in columns [0, P - start), padding after it):
+  the layout of `decode_attention.pallas_tpu`, made once per prompt."""
+  p = v[0].shape[2]
+  col_bp = (jnp.arange(p)[None, :] + starts_b[:, None]) % p
+  shift = lambda x: jnp.take_along_axis(x, col_bp[:, None, :, None], axis=2)
+  return (tuple(shift(x.transpose(0, 1, 3, 2)) for x in k),
+          tuple(shift(x) for x in v))
 
 
 def init_carry(queue: PromptQueue, rows: int, slots: int,
                params: SamplingParams) -> DecodeCarry:
   """Slots 0..S-1 holding rows 0..S-1 (row r samples prompt r // n)."""
   c, n = params.max_new_tokens, params.n_samples
-  p = queue.cache.k[0].shape[-1]
+  p = queue.cache.v[0].shape[2]
   width, _ = cache_width(p, params)
+  k_axis = 2 if attention_lib.token_major_keys(
+      params.attention(queue.cache.v[0].shape[-1])) else 3
   prompt = jnp.arange(slots, dtype=jnp.int32) // n
 
   def fill(xs, axis):
@@ -380,8 +409,9 @@ def init_carry(queue: PromptQueue, rows: int, slots: int,
     return tuple(jnp.pad(x[prompt], pad) for x in xs)
 
   q = queue.cache
-  cache = decoder.SlotCache(fill(q.k, 3), fill(q.v, 2), q.lengths[prompt],
-                            q.starts[prompt], fill(q.k_scale, 3),
+  cache = decoder.SlotCache(fill(q.k, k_axis), fill(q.v, 2),
+                            q.lengths[prompt], q.starts[prompt],
+                            fill(q.k_scale, k_axis),
                             fill(q.v_scale, 2))
   return DecodeCarry(
       logits=sharding.constrain(queue.logits[prompt],
@@ -474,12 +504,14 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
   budget = c if row_budgets is None else row_budgets[
       jnp.minimum(carry.slot_row, rows - 1)]
   done = carry.done | jnp.isin(tok, stop_ids) | (i_s + 1 >= budget)
-  width = cache.k[0].shape[-1]
+  width = cache.v[0].shape[2]
   # `cache_width` made W a multiple of kv_block, or one block if smaller.
   block = params.kv_block if width % params.kv_block == 0 else width
+  impl = params.attention(weights.cfg.head_dim)
+  # Left-aligned rows (`pallas_tpu`) write at their own columns.
+  lockstep &= not attention_lib.token_major_keys(impl)
   hidden, cache = decoder.decode_forward(
-      weights, tok, cache, attention=params.decode_attention, block=block,
-      lockstep=lockstep)
+      weights, tok, cache, attention=impl, block=block, lockstep=lockstep)
   if not lockstep:
     # A stopped slot's columns are no longer read: shrink it to one column
     # so later steps' attention does not scan them (until it is refilled).

@@ -264,7 +264,9 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
                   # Continuous batching over the prompt queue (same
                   # completions as the static batch for the same keys).
                   continuous=bool(config.rollout.get("continuous", False)),
-                  num_slots=int(config.rollout.get("num_slots", 0)))
+                  num_slots=int(config.rollout.get("num_slots", 0)),
+                  decode_attention=str(config.rollout.get(
+                      "decode_attention", "auto")))
   if stacked:
     # The same settings `rollout.generate` builds (and checks) for one run.
     stacked_sampling = sampler.SamplingParams(**sampling)
