@@ -82,10 +82,6 @@ class CriticSpec:
     return self
 
 
-# The critic's sweepable coefficients (`TrainState.hparams`).
-HPARAMS = ("critic.lr", "critic.cliprange_value", "critic.weight_decay")
-
-
 @struct.dataclass
 class CriticState:
   """Attributes:
@@ -107,8 +103,8 @@ def optimizer(spec: CriticSpec, hp):
   """The critic's optimizer from the hparams: its own lr, weight decay and
   clip bound; Adam's b1/b2/eps are the policy's (`optim.*`)."""
   opt_hp = {"optim.lr": hp["critic.lr"], "optim.b1": hp["optim.b1"],
-             "optim.b2": hp["optim.b2"], "optim.eps": hp["optim.eps"],
-             "optim.weight_decay": hp["critic.weight_decay"]}
+            "optim.b2": hp["optim.b2"], "optim.eps": hp["optim.eps"],
+            "optim.weight_decay": hp["critic.weight_decay"]}
   if spec.clip:
     opt_hp["optim.grad_clip"] = hp["critic.grad_clip"]
   return hparams_lib.optimizer(optimizer_spec(spec), opt_hp, 0)
