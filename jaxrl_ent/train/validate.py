@@ -607,7 +607,8 @@ def _check_rest(c: _Checker, context, max_prompt, sft_on):
   acc = c.num("sft.demo_accuracy", low=0.0, high=1.0, required=False)
   task = _get(c.config, "data.task")
   if (used and isinstance(acc, (int, float)) and acc < 1.0
-      and task in tasks.TASKS and tasks.TASKS[task].mistake is None):
+      and isinstance(task, str) and task in tasks.TASKS
+      and tasks.TASKS[task].mistake is None):
     c.add("sft.demo_accuracy", f"{acc} < 1 needs a task with a typical "
           f"mistake to demonstrate; data.task={task!r} has none (allowed: "
           f"1.0, or a task among "

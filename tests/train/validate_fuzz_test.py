@@ -80,6 +80,14 @@ DOCUMENTED_VALID = {
     ("sweep.seeds", "empty"): "'' = no sweep (one run)",
     ("sweep.grid", "empty"): "'' = no coefficient grid",
     ("data.id_field", "empty"): "'' = ids from file:line",
+    ("sft.demo_accuracy", "zero"): "a demonstrator that always slips",
+    ("lora.dropout", "zero"): "no adapter dropout (the one value supported)",
+    ("lora.seed", "zero"): "any int seeds the adapters",
+    # W&B's free-text fields: any name is a name ('' = wandb's default, and
+    # `dir` is created by wandb if missing); off unless wandb.enabled.
+    **{(f"wandb.{f}", kind): "W&B free text ('' = wandb's default)"
+       for f in ("project", "entity", "name", "group", "notes", "dir")
+       for kind in ("empty", "unknown_name", "missing_path")},
 }
 
 
@@ -185,6 +193,7 @@ _ANY_VALUE = st.one_of(
 
 # Leaves that also take None, or a list of paths, by design.
 NONE_OK = {"loss.vocab_chunk", "loss.clip_ratio_c", "optim.grad_clip",
+           "critic.grad_clip",
            "reward.batch_timeout_s", "data.task_kwargs", "sharding.rules"}
 LIST_OK = {"data.train_paths", "data.eval_paths"}
 DICT_OK = {"reward.spec"}  # {"math": 1.0, "format": 0.1}; {} = task reward.
