@@ -23,6 +23,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxrl_ent import launch_flags  # One-line answers for bad flags.
 from jaxrl_ent import storage_emulator
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch_flags.run(main)

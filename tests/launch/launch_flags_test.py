@@ -32,6 +32,7 @@ LAUNCHERS = {
                      "no_such_field_xyz"),
     "analyze.py": (None, "--no_such_flag=1", "no_such_flag"),
     "demo.py": (None, "--max_new_tokens=many", "max_new_tokens"),
+    "gcs_emulator.py": (None, "--port=eighty", "port"),
 }
 
 
