@@ -265,7 +265,8 @@ def draw_tabular_dh_scatter(ax, runs):
 
 
 def draw_exact_dh_time(ax, runs, smooth: int):
-  """Measured, exact and rescaled tabular ΔH per step."""
+  """Measured, exact (first order and trapezoid) and rescaled tabular ΔH
+  per step."""
   have = _require(runs, lambda r: runs_lib.exact_dh_pairs(r) is not None,
                   f"{runs_lib.EXACT_DH_KEY} and {runs_lib.MEASURED_DH_KEY}")
   for i, run in have:
@@ -275,6 +276,10 @@ def draw_exact_dh_time(ax, runs, smooth: int):
            f"{run.name}: measured", smooth)
     ax.plot(steps, runs_lib.moving_average(p, smooth), color=c, ls="--",
             lw=1.2, label=f"{run.name}: exact")
+    trap = runs_lib.trapezoid_dh_pairs(run)
+    if trap is not None:
+      ax.plot(trap[0], runs_lib.moving_average(trap[1], smooth), color=c,
+              ls="-.", lw=1.0, label=f"{run.name}: trapezoid")
     tab = runs_lib.dh_pairs(run)
     if tab is not None:
       k = _scale_through_origin(tab[1], tab[2])

@@ -32,6 +32,8 @@ class RunSummary:
     mean_touched: mean share of tokens the control changed per step.
     exact_corr, exact_n: the same for the exact first-order prediction
       (`entropy/dH_pred_exact/total`).
+    trapezoid_corr, trapezoid_n: the same for the second-order (trapezoid)
+      prediction (`entropy/dH_pred_trapezoid/total`).
   """
   name: str
   method: str
@@ -51,6 +53,8 @@ class RunSummary:
   mean_touched: float
   exact_corr: float = math.nan
   exact_n: int = 0
+  trapezoid_corr: float = math.nan
+  trapezoid_n: int = 0
 
 
 def fit_run(run: runs_lib.Run, source: str = "train",
@@ -108,6 +112,9 @@ def summarize_run(run: runs_lib.Run, *, fit_source: str = "train",
   ex = runs_lib.exact_dh_pairs(run)
   exact_corr, exact_n = (runs_lib.pearson(ex[1], ex[2]) if ex is not None
                          else (math.nan, 0))
+  tr = runs_lib.trapezoid_dh_pairs(run)
+  trapezoid_corr, trapezoid_n = (runs_lib.pearson(tr[1], tr[2])
+                                 if tr is not None else (math.nan, 0))
   touched = runs_lib.touched_series(run)
   mean_touched = (float(np.nanmean(touched.value))
                   if touched is not None and len(touched) else math.nan)
@@ -121,7 +128,8 @@ def summarize_run(run: runs_lib.Run, *, fit_source: str = "train",
       final_entropy=h.last() if h is not None else math.nan,
       fit=fits[fit_source], fit_source=fit_source, fit_smooth=smooth,
       fits=fits, dh_corr=dh_corr, dh_n=dh_n,
-      mean_touched=mean_touched, exact_corr=exact_corr, exact_n=exact_n)
+      mean_touched=mean_touched, exact_corr=exact_corr, exact_n=exact_n,
+      trapezoid_corr=trapezoid_corr, trapezoid_n=trapezoid_n)
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -145,8 +153,8 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
 
   Columns: run, method, steps, final / best greedy accuracy (step of the
   best), final pass@k, final entropy, the fit's a, b, ceiling `b − a`, R²
-  and n, corr(tabular ΔH, measured ΔH), corr(exact ΔH, measured ΔH), mean
-  share of tokens touched.
+  and n, corr(tabular ΔH, measured ΔH), corr(exact ΔH, measured ΔH),
+  corr(trapezoid ΔH, measured ΔH), mean share of tokens touched.
   """
   pass_keys = sorted({s.pass_key for s in summaries if s.pass_key})
   pass_title = pass_keys[0].replace("val/", "") if len(pass_keys) == 1 else (
@@ -154,7 +162,7 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
   header = ["run", "method", "steps", "greedy acc final", "greedy acc best",
             f"{pass_title} final", "H final", "a", "b", "ceiling b−a", "R²",
             "fit n", "corr(pred ΔH, meas ΔH)", "corr(exact ΔH, meas ΔH)",
-            "tokens touched"]
+            "corr(trapezoid ΔH, meas ΔH)", "tokens touched"]
   lines = ["| " + " | ".join(header) + " |",
            "|" + "---|" * len(header)]
   for s in summaries:
@@ -162,6 +170,8 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
             if s.best_acc_step >= 0 else "—")
     corr = f"{fmt(s.dh_corr)} (n={s.dh_n})" if s.dh_n else "—"
     exact = f"{fmt(s.exact_corr, 4)} (n={s.exact_n})" if s.exact_n else "—"
+    trap = (f"{fmt(s.trapezoid_corr, 4)} (n={s.trapezoid_n})"
+            if s.trapezoid_n else "—")
     final_pass = fmt(s.final_pass)
     if len(pass_keys) > 1 and s.pass_key:
       # Runs disagree on k: say which k each cell is.
@@ -169,7 +179,7 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     cells = [s.name, s.method, str(s.steps), fmt(s.final_acc), best,
              final_pass, fmt(s.final_entropy), fmt(s.fit.a),
              fmt(s.fit.b), fmt(s.fit.ceiling), fmt(s.fit.r2), str(s.fit.n),
-             corr, exact, fmt(s.mean_touched)]
+             corr, exact, trap, fmt(s.mean_touched)]
     lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
   out = "\n".join(lines) + "\n"
   out += "\n" + fit_caption(summaries) + "\n"

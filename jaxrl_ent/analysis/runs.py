@@ -41,6 +41,7 @@ MEASURED_DH_KEY = "entropy/measured_dH"
 # Exact first order along the realised parameter step (rl/update.py).
 EXACT_DH_KEY = "entropy/dH_pred_exact/total"
 EXACT_DH_PREFIX = "entropy/dH_pred_exact/"
+TRAPEZOID_DH_KEY = "entropy/dH_pred_trapezoid/total"
 COVARIANCE_KEY = "entropy/covariance"
 
 _PASS_AT = re.compile(r"^val/pass_at_(\d+)$")
@@ -474,6 +475,12 @@ def exact_dh_pairs(run: Run):
   residual is the second-order (and float) remainder.
   """
   return _pairs(run, EXACT_DH_KEY)
+
+
+def trapezoid_dh_pairs(run: Run):
+  """`(steps, trapezoid ΔH, measured ΔH)`, or None: ½⟨∇H(θ) + ∇H(θ′), Δθ⟩,
+  exact to second order (runs logged before it existed have none)."""
+  return _pairs(run, TRAPEZOID_DH_KEY)
 
 
 def exact_dh_sources(run: Run) -> dict[str, "Series"]:

@@ -157,6 +157,26 @@ class LoadRunTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, "fit source"):
       report.summarize_run(self.run, fit_source="test")
 
+  def test_exact_and_trapezoid_correlations(self):
+    wd = pathlib.Path(self.create_tempdir().full_path)
+    measured = [-0.03, -0.02, -0.01, 0.002, -0.005]
+    exact = [-0.025, -0.022, -0.004, 0.001, -0.006]
+    trap = [-0.029, -0.021, -0.009, 0.002, -0.005]
+    (wd / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": i + 1, "actor/entropy_before_update": 1.0 - 0.1 * i,
+         "critic/score/mean": 0.1 * i, "entropy/measured_dH": m,
+         "entropy/dH_pred_exact/total": e,
+         "entropy/dH_pred_trapezoid/total": t}) + "\n"
+        for i, (m, e, t) in enumerate(zip(measured, exact, trap))))
+    s = report.summarize_run(runs_lib.load_run(wd))
+    self.assertEqual((s.exact_n, s.trapezoid_n), (5, 5))
+    self.assertAlmostEqual(s.exact_corr, np.corrcoef(exact, measured)[0, 1],
+                           places=12)
+    self.assertAlmostEqual(s.trapezoid_corr,
+                           np.corrcoef(trap, measured)[0, 1], places=12)
+    self.assertIn(f"{report.fmt(s.trapezoid_corr, 4)} (n=5)",
+                  report.markdown_table([s]))
+
   def test_plots_skip_missing_metrics(self):
     out = self.create_tempdir().full_path
     # Drop the covariance metric: that plot (only) must be skipped.

@@ -179,6 +179,26 @@ class UpdateAttributionTest(absltest.TestCase):
     self.assertGreater(res[1], 1e-5)  # Far above float32 noise (~5e-7).
     self.assertBetween(res[0] / res[1], 3.0, 5.0)
 
+  def test_trapezoid_error_is_order_lr_cubed(self):
+    """½⟨∇H(θ) + ∇H(θ + Δθ), Δθ⟩ is exact to second order: halving the
+    step cuts its residual about 8× (O(η³)), and it is far closer to the
+    measurement than the first-order prediction."""
+    runs = [_run(kind="sgd", lr=lr, clip=1e6, epochs=1, mini=1, micro=1)[0]
+            for lr in (0.4, 0.2)]
+    res = [abs(float(m["entropy/dH_residual_trapezoid"])) for m in runs]
+    first = [abs(float(m["entropy/dH_residual"])) for m in runs]
+    self.assertGreater(res[1], 2e-6)  # Above float32 noise (~5e-7).
+    self.assertBetween(res[0] / res[1], 6.0, 10.0)
+    self.assertLess(res[0], 0.5 * first[0])
+    self.assertLess(res[1], 0.25 * first[1])  # And better as η shrinks.
+    # Recomputed from its parts: the trapezoid is the mean of the two
+    # endpoint slopes, and the first one is the first-order prediction.
+    m = runs[0]
+    self.assertAlmostEqual(
+        float(m["entropy/dH_residual_trapezoid"]),
+        float(m["entropy/measured_dH"])
+        - float(m["entropy/dH_pred_trapezoid/total"]), places=7)
+
   def test_adamw_with_clipping_sources_sum_and_zero_source_is_zero(self):
     runs = _run("entropy_bonus", lr=1e-2, clip=0.05, kl=0.0, steps=2,
                 **{"entropy.coef": 0.0, "optim.weight_decay": 0.1})
@@ -188,8 +208,14 @@ class UpdateAttributionTest(absltest.TestCase):
       total = float(m["entropy/dH_pred_exact/total"])
       summed = sum(float(m[f"entropy/dH_pred_exact/{s}"]) for s in parts)
       self.assertLess(abs(summed - total), 1e-5 * abs(total))
+      trap = float(m["entropy/dH_pred_trapezoid/total"])
+      trap_summed = sum(float(m[f"entropy/dH_pred_trapezoid/{s}"])
+                        for s in parts)
+      self.assertLess(abs(trap_summed - trap), 1e-5 * abs(trap))
       # Switched off: coefficient 0 contributes exactly 0.
       self.assertEqual(float(m["entropy/dH_pred_exact/entropy_bonus"]), 0.0)
+      self.assertEqual(
+          float(m["entropy/dH_pred_trapezoid/entropy_bonus"]), 0.0)
       self.assertEqual(float(m["entropy/dH_pred_exact/kl"]), 0.0)
       self.assertNotEqual(float(m["entropy/dH_pred_exact/weight_decay"]), 0)
     # Step 2 carries momentum from step 1.
