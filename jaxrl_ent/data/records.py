@@ -5,6 +5,11 @@ A record is one prompt: `id`, raw `prompt` text, `answer`, and the
 `answer` set). Every problem in the data is a `DataError` (or
 `FileNotFoundError`) whose message starts with `path:line:`.
 
+JSONL files are UTF-8, one JSON object per line; a UTF-8 byte-order mark at
+the start of the file and blank lines are skipped. An object with a repeated
+key, text with an unpaired surrogate (`"\\ud800"`) and a non-finite number
+(`NaN`) as an answer or id are errors rather than silently picking a value.
+
 Paths and glob patterns may be local or in a bucket (`gs://bucket/data/
 *.jsonl.gz`; `jaxrl_ent/storage.py`).
 """
@@ -12,7 +17,9 @@ Paths and glob patterns may be local or in a bucket (`gs://bucket/data/
 import dataclasses
 import gzip
 import json
+import math
 import os
+import zlib
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from jaxrl_ent import storage
@@ -72,12 +79,48 @@ def _file_format(path: str) -> str:
                   f".ndjson or .parquet)")
 
 
+class _DuplicateKey(Exception):
+  """Raised by `_no_duplicate_keys` inside `json.loads`."""
+
+
+def _no_duplicate_keys(pairs):
+  # json.loads keeps the last of repeated keys; a row with two "prompt"s is
+  # more likely a bad merge than a choice, so it is refused.
+  obj = dict(pairs)
+  if len(obj) != len(pairs):
+    seen = set()
+    for key, _ in pairs:
+      if key in seen:
+        raise _DuplicateKey(key)
+      seen.add(key)
+  return obj
+
+
+def _gzip_lines(f, path: str) -> Iterator[bytes]:
+  """Lines of a gzip stream; a corrupt or cut-off stream is a DataError
+  (gzip raises BadGzipFile, EOFError or zlib.error mid-iteration)."""
+  lineno = 0
+  lines = iter(f)
+  while True:
+    try:
+      raw = next(lines)
+    except StopIteration:
+      return
+    except (OSError, EOFError, zlib.error) as e:
+      raise DataError(f"{path}:{lineno + 1}: corrupt or truncated gzip data "
+                      f"({e})") from None
+    lineno += 1
+    yield raw
+
+
 def _read_jsonl(path: str) -> Iterator[tuple[str, dict]]:
   with storage.path(path).open("rb") as raw_file:
-    f = (gzip.GzipFile(fileobj=raw_file) if path.lower().endswith(".gz")
-         else raw_file)
+    f = (_gzip_lines(gzip.GzipFile(fileobj=raw_file), path)
+         if path.lower().endswith(".gz") else raw_file)
     for lineno, raw in enumerate(f, start=1):
       where = f"{path}:{lineno}"
+      if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # A UTF-8 BOM (Windows editors write one).
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
@@ -87,10 +130,18 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict]]:
       if not line.strip():
         continue
       try:
-        row = json.loads(line)
+        row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
       except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})"
-                        ) from None
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno}); "
+                        "each line must hold one JSON object") from None
+      except _DuplicateKey as e:
+        raise DataError(f"{where}: duplicate key {e.args[0]!r} in a JSON "
+                        "object") from None
+      except (ValueError, RecursionError) as e:
+        # ValueError: an integer over Python's 4300-digit limit;
+        # RecursionError: nesting deeper than the parser's stack.
+        raise DataError(f"{where}: invalid JSON: {type(e).__name__}: "
+                        f"{str(e)[:200]}") from None
       if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got "
                         f"{type(row).__name__}")
@@ -101,10 +152,12 @@ def _read_parquet(path: str) -> Iterator[tuple[str, dict]]:
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   try:
     with storage.path(path).open("rb") as f:
-      table = pq.read_table(f)
+      # to_pylist inside the try: it decodes the strings (bad UTF-8 in a
+      # string column surfaces here).
+      rows = pq.read_table(f).to_pylist()
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"{path}: cannot read Parquet: {e}") from None
-  for i, row in enumerate(table.to_pylist(), start=1):
+  for i, row in enumerate(rows, start=1):
     yield f"{path}:row {i}", row
 
 
@@ -136,12 +189,25 @@ def _text_field(row, field, where, kind, allow_numbers):
         f"{where}: record has no {kind} field {field!r} (fields: "
         f"{sorted(row)}); set {kind}_field to the right name")
   if isinstance(value, str):
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError as e:
+      # JSON can spell a lone surrogate ("\ud800"); no tokenizer can encode
+      # it, so it fails here, with the line, instead of deep in a rollout.
+      raise DataError(f"{where}: {kind} field {field!r} has an unpaired "
+                      f"surrogate U+{ord(value[e.start]):04X} at character "
+                      f"{e.start + 1} (not valid Unicode text)") from None
     return value
   if allow_numbers and isinstance(value, (int, float)) and not isinstance(
       value, bool):
+    if isinstance(value, float) and not math.isfinite(value):
+      # NaN / Infinity (or 1e999) would become the text "nan" / "inf".
+      raise DataError(f"{where}: {kind} field {field!r} is {value}, expected "
+                      "text or a finite number")
     return str(value)
-  raise DataError(f"{where}: {kind} field {field!r} is "
-                  f"{type(value).__name__}, expected text")
+  kind_name = "null" if value is None else type(value).__name__
+  raise DataError(f"{where}: {kind} field {field!r} is {kind_name}, expected "
+                  "text")
 
 
 def records_from_rows(rows: Iterable[tuple[str, dict]], *,

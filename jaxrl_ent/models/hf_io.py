@@ -19,6 +19,7 @@ checkpoint for `load_config` and the warm-start cache).
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 import struct
@@ -85,14 +86,60 @@ def _to_hf(name: str, ours: np.ndarray) -> np.ndarray:
 
 
 def _hf_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-  return _to_hf(name, np.empty(shape, np.uint8)).shape
+  """`_to_hf(name, x).shape` for `x` of `shape`, by arithmetic: config.json
+  sizes are not trusted yet, so nothing of that shape is allocated."""
+  shape = tuple(shape)
+  if name in ("q_w", "k_w", "v_w"):
+    return (math.prod(shape[1:]), shape[0])
+  if name == "o_w":
+    return (shape[-1], math.prod(shape[:-1]))
+  if name in ("gate_w", "up_w", "down_w"):
+    return shape[::-1]
+  if name in ("q_b", "k_b", "v_b"):
+    return (math.prod(shape),)
+  return shape
 
 
 # ---------------------------------------------------------------------------
 # safetensors headers, read and checked without loading any data.
 
+# Tensor dtypes a weight may have on disk, with their sizes in bytes. The rest
+# (integers, bool, fp8) would be cast to floats silently: refused instead.
+_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+# safetensors refuses larger headers; checked before reading one.
+_MAX_HEADER_BYTES = 100_000_000
+# Far past any released model (Llama 3 405B has 126 layers).
+_MAX_LAYERS = 4096
+
+
+class _DuplicateKey(Exception):
+  pass
+
+
+def _no_duplicate_keys(pairs):
+  # Python's json keeps the last of repeated keys, safetensors refuses them.
+  obj = dict(pairs)
+  if len(obj) != len(pairs):
+    seen = set()
+    for key, _ in pairs:
+      if key in seen:
+        raise _DuplicateKey(key)
+      seen.add(key)
+  return obj
+
+
+def _is_count(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def _read_header(file: pathlib.Path) -> dict:
-  """Tensor table of a safetensors file, checking that the file is complete."""
+  """Tensor table of a safetensors file, checking that the file is complete.
+
+  Checks what safetensors checks when it opens the file (header size and
+  JSON, each entry's dtype, shape and byte range, the ranges tiling the data
+  exactly), so that a bad file fails here, naming the file and tensor,
+  before any tensor is read; safetensors' own errors name neither.
+  """
   size = file.stat().st_size
   with open(file, "rb") as f:
     raw = f.read(8)
@@ -103,16 +150,66 @@ def _read_header(file: pathlib.Path) -> dict:
     if 8 + n > size:
       raise CheckpointError(f"{file}: truncated safetensors file (header of "
                             f"{n} bytes, file of {size} bytes).")
+    if n > _MAX_HEADER_BYTES:
+      raise CheckpointError(f"{file}: corrupt safetensors header (length {n} "
+                            f"bytes; safetensors allows {_MAX_HEADER_BYTES}).")
     try:
-      header = json.loads(f.read(n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      header = json.loads(f.read(n), object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+      raise CheckpointError(f"{file}: corrupt safetensors header (tensor "
+                            f"{e.args[0]!r} appears twice).") from None
+    except (ValueError, RecursionError) as e:  # Incl. bad UTF-8 and JSON.
       raise CheckpointError(f"{file}: corrupt safetensors header ({e}).") from e
-  header.pop("__metadata__", None)
-  end = max((t["data_offsets"][1] for t in header.values()), default=0)
+  if not isinstance(header, dict):
+    raise CheckpointError(f"{file}: corrupt safetensors header (a JSON "
+                          f"{type(header).__name__}, expected an object).")
+  meta = header.pop("__metadata__", {})
+  if not isinstance(meta, dict) or not all(
+      isinstance(v, str) for v in meta.values()):
+    raise CheckpointError(f"{file}: corrupt safetensors header (__metadata__ "
+                          "must map names to strings).")
+  spans = []
+  for name, info in header.items():
+    where = f"{file}: tensor {name!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape",
+                                          "data_offsets"} <= set(info):
+      raise CheckpointError(f"{where}: corrupt header entry {str(info)[:200]} "
+                            "(expected dtype, shape and data_offsets).")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in _DTYPE_BYTES:
+      raise CheckpointError(f"{where} has dtype {str(dtype)[:50]!r}; weights "
+                            f"must be one of {', '.join(_DTYPE_BYTES)}.")
+    if not isinstance(shape, list) or not all(map(_is_count, shape)):
+      raise CheckpointError(f"{where} has shape {str(shape)[:200]}, not a "
+                            "list of non-negative integers.")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or
+        not all(map(_is_count, offsets)) or offsets[0] > offsets[1]):
+      raise CheckpointError(f"{where} has data_offsets {str(offsets)[:200]}, "
+                            "not a [begin, end] byte range.")
+    nbytes = math.prod(shape) * _DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+      # A mislabelled dtype or shape: the bytes would be read as other values.
+      raise CheckpointError(
+          f"{where}: {dtype} {shape} is {nbytes} bytes, but its data_offsets "
+          f"{offsets} span {offsets[1] - offsets[0]} (wrong dtype or shape "
+          "in the header).")
+    spans.append((offsets[0], offsets[1], name))
+  end = 0
+  for begin, stop, name in sorted(spans):
+    if begin != end:
+      raise CheckpointError(
+          f"{file}: tensor {name!r} starts at data byte {begin}, but the "
+          f"tensor before it ends at {end} (overlapping or gapped "
+          "data_offsets).")
+    end = stop
   if 8 + n + end > size:
     raise CheckpointError(
         f"{file}: truncated safetensors file: tensors need {8 + n + end} "
         f"bytes but the file has {size}.")
+  if 8 + n + end < size:
+    raise CheckpointError(
+        f"{file}: {size - 8 - n - end} bytes after the last tensor (a corrupt "
+        "header, or a file partly overwritten).")
   return header
 
 
@@ -121,9 +218,16 @@ def _tensor_table(path: pathlib.Path) -> dict[str, tuple[pathlib.Path, tuple]]:
   index = path / _SAFETENSORS_INDEX
   if index.exists():
     try:
-      weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError) as e:
-      raise CheckpointError(f"{index}: not a valid safetensors index ({e}).")
+      weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, RecursionError, AttributeError) as e:
+      raise CheckpointError(f"{index}: not a valid safetensors index "
+                            f"({e}).") from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(f, str) and f == pathlib.Path(f).name and f.endswith(
+            ".safetensors") for f in weight_map.values()):
+      raise CheckpointError(f"{index}: not a valid safetensors index (needs "
+                            "a weight_map from tensor names to *.safetensors "
+                            "file names in the folder).")
     files = sorted(set(weight_map.values()))
   else:
     files = sorted(p.name for p in path.glob("*.safetensors"))
@@ -131,16 +235,29 @@ def _tensor_table(path: pathlib.Path) -> dict[str, tuple[pathlib.Path, tuple]]:
   if not files:
     raise CheckpointError(f"{path}: no *.safetensors files (and no "
                           f"{_SAFETENSORS_INDEX}).")
+  for fname in files:  # All listed files first: the clearest error.
+    if not (path / fname).exists():
+      raise CheckpointError(f"{path / fname}: listed in {_SAFETENSORS_INDEX} "
+                            "but missing.")
   table = {}
   for fname in files:
     file = path / fname
-    if not file.exists():
-      raise CheckpointError(f"{file}: listed in {_SAFETENSORS_INDEX} but "
-                            "missing.")
     for name, info in _read_header(file).items():
       if weight_map is not None and weight_map.get(name) != fname:
-        continue
+        # The index and the shards disagree: which copy is meant is unclear
+        # (transformers and save_pretrained list every tensor).
+        listed = (f"lists it in {weight_map[name]}" if name in weight_map
+                  else "does not list it")
+        raise CheckpointError(f"{file}: tensor {name!r} is in this file but "
+                              f"{_SAFETENSORS_INDEX} {listed}.")
+      if name in table:
+        raise CheckpointError(f"{file}: tensor {name!r} is also in "
+                              f"{table[name][0]}; which one is meant?")
       table[name] = (file, tuple(info["shape"]))
+  for name, fname in (weight_map or {}).items():
+    if name not in table:
+      raise CheckpointError(f"{index}: lists tensor {name!r} in {fname}, "
+                            "which has no such tensor.")
   return table
 
 
@@ -181,6 +298,29 @@ def load_config(path: str | os.PathLike, *, dtype=jnp.float32,
     raise CheckpointError(f"{path}: checkpoint folder does not exist.")
   if not (path / "config.json").exists():
     raise CheckpointError(f"{path / 'config.json'}: missing.")
+  try:
+    raw = json.loads((path / "config.json").read_bytes())
+  except (ValueError, RecursionError) as e:  # Incl. bad UTF-8.
+    raise CheckpointError(f"{path / 'config.json'}: not valid JSON "
+                          f"({str(e)[:200]}).") from None
+  if not isinstance(raw, dict):
+    raise CheckpointError(f"{path / 'config.json'}: a JSON "
+                          f"{type(raw).__name__}, expected an object.")
+  for field in ("vocab_size", "hidden_size", "intermediate_size",
+                "num_hidden_layers", "num_attention_heads"):
+    # transformers checks these are ints, not that they are positive; the
+    # mapping divides by the head count.
+    value = raw.get(field)
+    if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+      raise CheckpointError(f"{path / 'config.json'}: {field}={value}, "
+                            "expected a positive integer.")
+  layers = raw.get("num_hidden_layers")
+  if _is_count(layers) and layers > _MAX_LAYERS:
+    # transformers builds per-layer lists (layer_types) of this length, which
+    # for a garbled value takes minutes or all memory.
+    raise CheckpointError(f"{path / 'config.json'}: num_hidden_layers="
+                          f"{layers} is past the {_MAX_LAYERS} this loader "
+                          "accepts.")
   import transformers  # pylint: disable=g-import-not-at-top
   try:
     hf_config = transformers.AutoConfig.from_pretrained(
@@ -190,7 +330,9 @@ def load_config(path: str | os.PathLike, *, dtype=jnp.float32,
   try:
     return config_lib.from_hf_config(hf_config, dtype=dtype,
                                      param_dtype=param_dtype, remat=remat)
-  except ValueError as e:
+  except (ValueError, TypeError, ArithmeticError) as e:
+    # TypeError/ArithmeticError: a field transformers lets through that the
+    # mapping then computes with (heads, head_dim).
     raise CheckpointError(f"{path / 'config.json'}: {e}") from e
 
 
@@ -246,8 +388,10 @@ def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
 
   Raises:
     CheckpointError: missing folder/file, unsupported model type, missing
-      tensor, shape mismatch or truncated file; it names the file or tensor,
-      and is raised before any device memory is allocated.
+      tensor, a tensor config.json has no place for, shape mismatch, a
+      header whose dtype, shape and byte range disagree, an index that
+      disagrees with its shards, or a truncated file; it names the file or
+      tensor, and is raised before any device memory is allocated.
   """
   if storage.is_remote(path):
     with _staged(path) as local:
@@ -270,6 +414,18 @@ def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
         raise CheckpointError(
             f"{file}: tensor {hf_name!r} has shape {list(shape)}, expected "
             f"{list(hf_shape)} from config.json.")
+  # A tensor the model has no place for means config.json describes another
+  # model (fewer layers, no biases, tied embeddings): loading would drop it.
+  wanted = {name for hf_list in expected.values() for name, _ in hf_list}
+  for name in sorted(set(table) - wanted):
+    if name.endswith(".rotary_emb.inv_freq") or (
+        name == "lm_head.weight" and cfg.tie_word_embeddings):
+      continue  # Derived buffers and tied heads: transformers ignores both.
+    raise CheckpointError(
+        f"{table[name][0]}: tensor {name!r} has no place in the "
+        f"{cfg.model_type} model config.json describes (num_hidden_layers="
+        f"{cfg.num_layers}, tie_word_embeddings={cfg.tie_word_embeddings}, "
+        f"biases: qkv={cfg.qkv_bias} o={cfg.o_bias} mlp={cfg.mlp_bias}).")
 
   shardings = target_shardings(abs_state, mesh, rules)
   if mesh is not None and max_replicated_fraction is not None:
