@@ -223,7 +223,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       every=50, num_examples=256, batch_size=128, pass_k=4,
-      success_threshold=1.0))
+      # Samples per prompt for the unbiased pass@k (n >= pass_k); 0 = pass_k.
+      num_samples=0, success_threshold=1.0))
 
   if a.runlocal:
     c.train.measure_every = 1  # Every step of a smoke run is accounted.

@@ -8,6 +8,8 @@ Modules, each with one job:
                (entropy, (H, R) pairs, ΔH pairs, tokens touched).
   report       `summarize_run(run) -> RunSummary`, `markdown_table(...)`.
   plots        `write_plots(runs, out_dir)` and one `plot_*` per PNG kind.
+  stats        unbiased `pass_at_k`, `iqm`, stratified `bootstrap_ci`,
+               `probability_of_improvement_ci`, `paired_test`, `verdict`.
 
 Importing reads nothing, selects no matplotlib backend and imports no jax;
 `launch/analyze.py` is the command-line front end.

@@ -12,6 +12,7 @@ import numpy as np
 from jaxrl_ent import rewards as rewards_lib
 from jaxrl_ent import rollout
 from jaxrl_ent import sharding
+from jaxrl_ent.analysis import stats
 from jaxrl_ent.data import pipeline
 from jaxrl_ent.train import distributed
 
@@ -81,8 +82,16 @@ def decode(tokenizer, completion, lengths) -> list[str]:
       skip_special_tokens=True)
 
 
+def num_samples(eval_config) -> int:
+  """Samples drawn per prompt for pass@k: `eval.num_samples`, or pass_k when
+  it is 0 or absent (configs saved before the field existed)."""
+  return eval_config.get("num_samples", 0) or eval_config.pass_k
+
+
 class Evaluator:
-  """Held-out greedy accuracy and pass@k (sampled) on fixed prompts."""
+  """Held-out greedy accuracy and pass@k on fixed prompts: pass@k is the
+  unbiased estimator (Chen et al. 2021) from `num_samples(config.eval)`
+  sampled completions per prompt."""
 
   def __init__(self, config, tokenizer, reward_fn, scorer, mesh=None):
     e = config.eval
@@ -125,15 +134,18 @@ class Evaluator:
                               **self._budget())
       greedy.append(all_rows(res.rewards[valid], block))
       if e.pass_k > 0:
+        n = num_samples(e)
         out = rollout.generate(policy, prompts, jax.random.fold_in(key, i),
-                               temperature=r.temperature, n_samples=e.pass_k,
-                               **kw)
+                               temperature=r.temperature, n_samples=n, **kw)
         texts = decode(self.tokenizer, own_rows(out.completion, block),
                        own_rows(out.lengths, block))
-        refs = [ref for ref in batch["references"] for _ in range(e.pass_k)]
+        refs = [ref for ref in batch["references"] for _ in range(n)]
         res = self.scorer.score(self.reward_fn, texts, refs, **self._budget())
-        solved = res.rewards.reshape(-1, e.pass_k) >= e.success_threshold
-        passk.append(all_rows(solved.any(axis=1)[valid], block))
+        solved = res.rewards.reshape(-1, n) >= e.success_threshold
+        # The unbiased estimator from n >= k samples (with n = k: whether
+        # any sample solved the prompt).
+        passk.append(all_rows(stats.pass_at_k(
+            n, solved.sum(axis=1), e.pass_k)[valid], block))
     g = np.concatenate(greedy)
     out = {"val/greedy_acc": float(np.mean(g >= e.success_threshold)),
            "val/greedy_reward": float(np.mean(g)),

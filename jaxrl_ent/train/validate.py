@@ -594,7 +594,12 @@ def _check_rest(c: _Checker, context, max_prompt, sft_on):
   c.int_("eval.every", low=0)
   c.int_("eval.num_examples", low=1)
   c.int_("eval.batch_size", low=1)
-  c.int_("eval.pass_k", low=0)
+  pass_k = c.int_("eval.pass_k", low=0)
+  n = c.int_("eval.num_samples", low=0, required=False,
+             why=" (0 = pass_k samples per prompt)")
+  if n is not _MISSING and pass_k is not _MISSING and 0 < n < pass_k:
+    c.add("eval.num_samples", f"{n} < eval.pass_k={pass_k}; the unbiased "
+          "pass@k needs n >= k samples (allowed: 0 or >= eval.pass_k)")
   c.num("eval.success_threshold")
   steps = c.int_("sft.steps", low=0)
   # The warm start runs only for the tiny model (no model_path); its fields

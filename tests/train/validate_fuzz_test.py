@@ -41,6 +41,7 @@ DOCUMENTED_VALID = {
     ("sft.steps", "zero"): "0 = no supervised warm start",
     ("eval.every", "zero"): "0 = evaluate only before and after",
     ("eval.pass_k", "zero"): "0 = no pass@k",
+    ("eval.num_samples", "zero"): "0 = pass_k samples per prompt",
     ("eval.success_threshold", "negative"): "a reward threshold, any number",
     ("eval.success_threshold", "zero"): "a reward threshold, any number",
     ("train.measure_every", "zero"): "0 = no measured entropy change",

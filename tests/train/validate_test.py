@@ -189,6 +189,8 @@ BAD_CONFIGS = (
      "train.recompute_old_logp", "True or False", 1),
     ("eval_pass_k", _set("eval.pass_k", -1), "eval.pass_k",
      "an int in [0, inf)", 1),
+    ("eval_num_samples_below_k", _set("eval.num_samples", 1),
+     "eval.num_samples", "needs n >= k samples", 1),
     ("checkpoint_every", _set("checkpoint.every", 0), "checkpoint.every",
      "an int in [1, inf)", 1),
 )
