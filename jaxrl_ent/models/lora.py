@@ -130,10 +130,51 @@ def quantize(w, quant: str, block: int = 64, n_in: int = 1):
 
 
 def dequantize(qvalue, scale, quant: str, dtype):
-  """The weight back from `quantize`'s (qvalue, scale), in `dtype`."""
+  """The weight back from `quantize`'s (qvalue, scale), in `dtype`.
+
+  NF4 is decoded here rather than by `qwix.dequantize`, which looks the
+  16-entry table up with a gather over every weight: XLA:TPU compiles that
+  gather slowly and into huge code (one [2, 1536, 8960] weight: 86 s and
+  29 MB of code for v5e; the Qwen2.5-1.5B QLoRA job did not finish in
+  30 min and took 22 GB of host memory). A 4-level select tree over the
+  code's bits is 15 elementwise selects that fuse into the consumer. Same
+  values as qwix's (tests/models/lora_test.py).
+  """
+  if quant == "nf4":
+    return _times_scale(_nf4_values(qvalue), scale).astype(dtype)
   import qwix  # pylint: disable=g-import-not-at-top
   q = qwix.QArray(qvalue, scale, None, _QTYPES[quant])
   return qwix.dequantize(q).astype(dtype)
+
+
+def _nf4_values(codes):
+  """float32 NF4 value of each 4-bit code, without a gather."""
+  from qwix._src.core import numerics  # pylint: disable=g-import-not-at-top
+  with jax.ensure_compile_time_eval():  # The table as Python floats.
+    table = [float(v) for v in np.asarray(numerics.get_nf4_buckets())]
+  c = codes.astype(jnp.uint8)
+  level = table
+  for bit in range(4):  # Bit 0 picks within pairs, bit 3 between halves.
+    on = ((c >> bit) & 1).astype(bool)
+    level = [jnp.where(on, jnp.float32(level[2 * k + 1]),
+                       jnp.float32(level[2 * k]))
+             for k in range(len(level) // 2)]
+  return level[0]
+
+
+def _times_scale(values, scale):
+  """`values * scale` with qwix's broadcast: a scale axis of size 1 or of
+  the value's size broadcasts; a smaller one is one scale per tile."""
+  shape, sshape = [], []
+  for d, s in zip(values.shape, scale.shape):
+    if s in (1, d):
+      shape.append(d)
+      sshape.append(s)
+    else:
+      shape += [s, d // s]
+      sshape += [s, 1]
+  return (values.reshape(shape) * scale.astype(jnp.float32).reshape(sshape)
+          ).reshape(values.shape)
 
 
 def _scale_axes(axes, scale_shape, w_shape):
