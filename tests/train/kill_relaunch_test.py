@@ -20,6 +20,8 @@ import time
 
 from absl.testing import absltest
 
+from jaxrl_ent import storage
+
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
 _STEPS = 8
 # Timings differ between runs; everything else must be identical.
@@ -65,64 +67,77 @@ def _metric_steps(workdir) -> list[int]:
   return steps
 
 
-def _rows(workdir):
-  rows = []
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().split(
-      "\n"):
-    if line:
-      rows.append({k: v for k, v in json.loads(line).items()
-                   if not k.startswith(_TIMING)})
-  return rows
+def rows(workdir):
+  """The run's metrics rows without the timings (local path or gs://)."""
+  text = (storage.path(workdir) / "metrics.jsonl").read_text()
+  return [{k: v for k, v in json.loads(line).items()
+           if not k.startswith(_TIMING)} for line in text.split("\n") if line]
 
 
-def _state_checksums(workdir, step):
-  path = pathlib.Path(workdir) / "ckpt" / str(step) / "integrity" / "metadata"
+def state_checksums(workdir, step):
+  """Every state leaf's checksum in checkpoint `step` (our integrity record)."""
+  path = storage.path(workdir) / "ckpt" / str(step) / "integrity" / "metadata"
   return {leaf["path"]: leaf["fp"]
           for leaf in json.loads(path.read_text())["state"]}
 
 
-class KillRelaunchTest(absltest.TestCase):
+def run_to_end(workdir, env, log, timeout):
+  """Runs the command in `workdir` to its end; its log (the tail of it in
+  the failure when it does not exit 0)."""
+  with open(log, "w") as out:
+    proc = subprocess.run(_command(workdir), cwd=_ROOT, env=env, stdout=out,
+                          stderr=subprocess.STDOUT, timeout=timeout,
+                          check=False)
+  text = pathlib.Path(log).read_text()
+  if proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}:\n{text[-3000:]}")
+  return text
 
-  def _run(self, workdir, env, log):
-    with open(log, "w") as out:
-      proc = subprocess.run(_command(workdir), cwd=_ROOT, env=env,
-                            stdout=out, stderr=subprocess.STDOUT,
-                            timeout=300, check=False)
-    text = pathlib.Path(log).read_text()
-    self.assertEqual(proc.returncode, 0, text[-3000:])
-    return text
+
+def kill_when(workdir, env, log, reached, timeout, poll=0.01):
+  """Starts the command in `workdir`, SIGKILLs it as soon as `reached()`
+  holds; its return code. Fails if it ends first or `timeout` passes."""
+  with open(log, "w") as out:
+    proc = subprocess.Popen(_command(workdir), cwd=_ROOT, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + timeout
+      while not reached():
+        if proc.poll() is not None:
+          raise AssertionError("the run ended before the kill:\n"
+                               + pathlib.Path(log).read_text()[-3000:])
+        if time.monotonic() > deadline:
+          raise AssertionError(f"not reached after {timeout} s")
+        time.sleep(poll)
+      os.kill(proc.pid, signal.SIGKILL)
+      proc.wait(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return proc.returncode
+
+
+class KillRelaunchTest(absltest.TestCase):
 
   def test_sigkill_at_a_random_step_then_relaunch_completes_identically(self):
     tmp = pathlib.Path(self.create_tempdir().full_path)
     env = _env(tmp / "jax_cache")
     killed = tmp / "killed"
     kill_after = random.Random(20240607).randint(2, _STEPS - 3)
-
-    with open(tmp / "killed.log", "w") as out:
-      proc = subprocess.Popen(_command(killed), cwd=_ROOT, env=env,
-                              stdout=out, stderr=subprocess.STDOUT)
-      try:
-        deadline = time.monotonic() + 300
-        while max(_metric_steps(killed), default=-1) < kill_after:
-          self.assertIsNone(proc.poll(), "the run ended before the kill")
-          self.assertLess(time.monotonic(), deadline)
-          time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-      finally:
-        if proc.poll() is None:
-          proc.kill()
-          proc.wait()
-    self.assertEqual(proc.returncode, -signal.SIGKILL)
+    rc = kill_when(
+        killed, env, tmp / "killed.log",
+        lambda: max(_metric_steps(killed), default=-1) >= kill_after, 300)
+    self.assertEqual(rc, -signal.SIGKILL)
     self.assertFalse((killed / "summary.json").exists())
     self.assertLess(max(_metric_steps(killed)), _STEPS)
     # What the killed run left committed (a save it was in is not there).
     left = {}
     for step_dir in (killed / "ckpt").iterdir():
       if step_dir.name.isdigit() and (step_dir / "integrity").exists():
-        left[int(step_dir.name)] = _state_checksums(killed, step_dir.name)
+        left[int(step_dir.name)] = state_checksums(killed, step_dir.name)
 
-    log = self._run(killed, env, tmp / "relaunch.log")
+    log = run_to_end(killed, env, tmp / "relaunch.log", 300)
     resumed = re.search(r"resumed from \S+ at step (\d+)", log)
     self.assertIsNotNone(resumed, log[-3000:])
     resumed_at = int(resumed.group(1))
@@ -130,16 +145,16 @@ class KillRelaunchTest(absltest.TestCase):
     self.assertEqual(resumed_at, max(left))  # The newest good checkpoint.
 
     reference = tmp / "reference"
-    self._run(reference, env, tmp / "reference.log")
+    run_to_end(reference, env, tmp / "reference.log", 300)
 
     # Metrics of every step (incl. the held-out evals) are those of the
     # uninterrupted run: rows the killed run wrote past its last checkpoint
     # were dropped and recomputed identically.
-    rows = _rows(killed)
-    self.assertEqual([r["step"] for r in rows], list(range(_STEPS + 1)))
-    self.assertEqual(rows, _rows(reference))
-    final = _state_checksums(killed, _STEPS)
-    self.assertEqual(final, _state_checksums(reference, _STEPS))
+    got = rows(killed)
+    self.assertEqual([r["step"] for r in got], list(range(_STEPS + 1)))
+    self.assertEqual(got, rows(reference))
+    final = state_checksums(killed, _STEPS)
+    self.assertEqual(final, state_checksums(reference, _STEPS))
     params = lambda c: {k: v for k, v in c.items() if ".params" in k}
     self.assertNotEqual(params(final), params(left[resumed_at]))
     summary = lambda w: json.loads((w / "summary.json").read_text())
