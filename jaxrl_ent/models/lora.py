@@ -147,13 +147,22 @@ def dequantize(qvalue, scale, quant: str, dtype):
   return qwix.dequantize(q).astype(dtype)
 
 
+# The NF4 code book (QLoRA, arXiv:2305.14314 Appendix E), as qwix stores it
+# (`qwix._src.core.numerics.get_nf4_buckets`; tests/models/lora_test.py
+# checks the decode against qwix's bit for bit). Python floats, not a jnp
+# array: the AOT check traces with compile-only TPU devices, on which no
+# constant array can be made.
+_NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495,
+        0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+        0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+        0.7229568362236023, 1.0)
+
+
 def _nf4_values(codes):
   """float32 NF4 value of each 4-bit code, without a gather."""
-  from qwix._src.core import numerics  # pylint: disable=g-import-not-at-top
-  with jax.ensure_compile_time_eval():  # The table as Python floats.
-    table = [float(v) for v in np.asarray(numerics.get_nf4_buckets())]
   c = codes.astype(jnp.uint8)
-  level = table
+  level = list(_NF4)
   for bit in range(4):  # Bit 0 picks within pairs, bit 3 between halves.
     on = ((c >> bit) & 1).astype(bool)
     level = [jnp.where(on, jnp.float32(level[2 * k + 1]),
