@@ -23,6 +23,7 @@ import zlib
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from jaxrl_ent import storage
+from jaxrl_ent import strict_json
 
 
 class DataError(ValueError):
@@ -79,23 +80,6 @@ def _file_format(path: str) -> str:
                   f".ndjson or .parquet)")
 
 
-class _DuplicateKey(Exception):
-  """Raised by `_no_duplicate_keys` inside `json.loads`."""
-
-
-def _no_duplicate_keys(pairs):
-  # json.loads keeps the last of repeated keys; a row with two "prompt"s is
-  # more likely a bad merge than a choice, so it is refused.
-  obj = dict(pairs)
-  if len(obj) != len(pairs):
-    seen = set()
-    for key, _ in pairs:
-      if key in seen:
-        raise _DuplicateKey(key)
-      seen.add(key)
-  return obj
-
-
 def _gzip_lines(f, path: str) -> Iterator[bytes]:
   """Lines of a gzip stream; a corrupt or cut-off stream is a DataError
   (gzip raises BadGzipFile, EOFError or zlib.error mid-iteration)."""
@@ -130,12 +114,12 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict]]:
       if not line.strip():
         continue
       try:
-        row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+        row = strict_json.loads(line)
       except json.JSONDecodeError as e:
         raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno}); "
                         "each line must hold one JSON object") from None
-      except _DuplicateKey as e:
-        raise DataError(f"{where}: duplicate key {e.args[0]!r} in a JSON "
+      except strict_json.DuplicateKeyError as e:
+        raise DataError(f"{where}: duplicate key {e.key!r} in a JSON "
                         "object") from None
       except (ValueError, RecursionError) as e:
         # ValueError: an integer over Python's 4300-digit limit;

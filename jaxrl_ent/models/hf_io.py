@@ -33,6 +33,7 @@ from flax import nnx
 
 from jaxrl_ent import sharding
 from jaxrl_ent import storage
+from jaxrl_ent import strict_json
 from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.models import decoder
 
@@ -112,22 +113,6 @@ _MAX_HEADER_BYTES = 100_000_000
 _MAX_LAYERS = 4096
 
 
-class _DuplicateKey(Exception):
-  pass
-
-
-def _no_duplicate_keys(pairs):
-  # Python's json keeps the last of repeated keys, safetensors refuses them.
-  obj = dict(pairs)
-  if len(obj) != len(pairs):
-    seen = set()
-    for key, _ in pairs:
-      if key in seen:
-        raise _DuplicateKey(key)
-      seen.add(key)
-  return obj
-
-
 def _is_count(x) -> bool:
   return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
@@ -154,10 +139,10 @@ def _read_header(file: pathlib.Path) -> dict:
       raise CheckpointError(f"{file}: corrupt safetensors header (length {n} "
                             f"bytes; safetensors allows {_MAX_HEADER_BYTES}).")
     try:
-      header = json.loads(f.read(n), object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as e:
+      header = strict_json.loads(f.read(n))
+    except strict_json.DuplicateKeyError as e:
       raise CheckpointError(f"{file}: corrupt safetensors header (tensor "
-                            f"{e.args[0]!r} appears twice).") from None
+                            f"{e.key!r} appears twice).") from None
     except (ValueError, RecursionError) as e:  # Incl. bad UTF-8 and JSON.
       raise CheckpointError(f"{file}: corrupt safetensors header ({e}).") from e
   if not isinstance(header, dict):
