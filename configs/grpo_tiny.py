@@ -180,8 +180,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       token_chunk=512,
       vocab_chunk=ml_collections.FieldReference(None, field_type=int),
       num_micro_batches=1))
-  # The loss sees log-probs at the sampling temperature (verl semantics).
-  c.loss.temperature = c.rollout.temperature
+  # The loss scores tokens at rollout.temperature (verl semantics): one
+  # field, so the sampler and the PPO ratios cannot disagree.
 
   c.entropy = entropy_config(a.entropy)
 

@@ -178,7 +178,7 @@ def build_setup(config, devices=None) -> Setup:
         f"max_new_tokens ({sizes.new_tokens}) exceeds the model's context of "
         f"{model_cfg.max_position_embeddings} tokens.")
 
-  loss_cfg = factories.make_loss_config(config.loss)
+  loss_cfg = factories.make_loss_config(config)
   # The trainer's state and transforms (`rl.update.init_state`), with the
   # run's hyperparameters as concrete values, placed by the one sharding
   # helper the trainer uses.

@@ -27,33 +27,22 @@ import jax.numpy as jnp
 import optax
 
 from jaxrl_ent.entropy import controllers
-from jaxrl_ent.entropy import reweighting
+from jaxrl_ent.entropy import methods
 
 _F32 = jnp.float32
 
-ENTROPY_METHODS = ("none", "entropy_bonus", "clip_cov", "kl_cov",
-                   "high_entropy_tokens", "adaptive_entropy", "steer", "aent")
-ANNEALS = ("constant", "linear", "cosine", "inverse_power")
+ENTROPY_METHODS = methods.NAMES
+ANNEALS = methods.ANNEALS
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 
-# The `config.entropy` fields each method reads as (sweepable) coefficients.
-ENTROPY_HPARAMS = {
-    "none": (),
-    "entropy_bonus": ("coef",),
-    "clip_cov": ("ratio", "clip_cov_lb", "clip_cov_ub"),
-    "kl_cov": ("ratio", "coef"),
-    "high_entropy_tokens": ("quantile",),
-    "adaptive_entropy": ("target", "delta", "lr", "coef_min", "coef_max"),
-    "steer": ("w_min", "w_max"),
-    "aent": ("coef_init", "lr", "h_low", "h_high", "coef_min_aent",
-             "coef_max_aent"),
-}
+# The `config.entropy` fields each method reads as (sweepable) coefficients,
+# from its parameter class (`entropy.methods`).
+ENTROPY_HPARAMS = {m: methods.hparam_keys(m) for m in ENTROPY_METHODS}
 # The coefficient an anneal schedule multiplies, per method.
-ANNEALED = {"entropy_bonus": "coef", "clip_cov": "ratio", "kl_cov": "coef"}
-ANNEAL_HPARAMS = {"constant": (), "linear": ("anneal_end",),
-                  "cosine": ("anneal_end",),
-                  "inverse_power": ("anneal_tau", "anneal_power")}
+ANNEALED = methods.ANNEALED
+ANNEAL_HPARAMS = {kind: tuple(k for k in keys if k != "anneal_steps")
+                  for kind, keys in methods.Anneal.READERS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,40 +206,14 @@ def controller(spec: ControllerSpec, hp: Mapping[str, jax.Array], step):
   Coefficients are evaluated here (one clock) and handed to the controllers
   as constants, so each controller's own `count` does not schedule anything.
   """
-  m = spec.method
-  e = lambda name: hp[f"entropy.{name}"]
-  coef = lambda name: annealed(spec, e(name), hp, step)
-  if m == "none":
-    stages = []
-  elif m == "entropy_bonus":
-    stages = [("entropy_bonus", controllers.entropy_bonus(coef("coef")))]
-  elif m == "clip_cov":
-    stages = [("clip_cov", controllers.clip_cov(
-        ratio=coef("ratio"), lb=e("clip_cov_lb"), ub=e("clip_cov_ub"),
-        clip_eps_low=hp["loss.clip_eps_low"],
-        clip_eps_high=hp["loss.clip_eps_high"]))]
-  elif m == "kl_cov":
-    stages = [("kl_cov", controllers.kl_cov(ratio=e("ratio"),
-                                            coef=coef("coef")))]
-  elif m == "high_entropy_tokens":
-    stages = [("high_entropy_tokens",
-               controllers.high_entropy_tokens(quantile=e("quantile")))]
-  elif m == "adaptive_entropy":
-    stages = [("adaptive_entropy", controllers.adaptive_entropy(
-        target=e("target"), rule=spec.rule, delta=e("delta"), lr=e("lr"),
-        coef_min=e("coef_min"), coef_max=e("coef_max"),
-        measure=spec.measure))]
-  elif m == "steer":
-    stages = [("steer", reweighting.steer(
-        w_min=e("w_min"), w_max=e("w_max"), mode=spec.steer_mode,
-        score=spec.steer_score))]
-  elif m == "aent":
-    stages = [("aent", reweighting.aent(
-        coef_init=e("coef_init"), lr=e("lr"), h_low=e("h_low"),
-        h_high=e("h_high"), coef_min=e("coef_min_aent"),
-        coef_max=e("coef_max_aent")))]
-  else:
-    raise ValueError(f"entropy.method={m!r}; allowed: {ENTROPY_METHODS}.")
+  if spec.method not in methods.METHODS:
+    raise ValueError(f"entropy.method={spec.method!r}; allowed: "
+                     f"{ENTROPY_METHODS}.")
+  e = {k.split(".", 1)[1]: v for k, v in hp.items()
+       if k.startswith("entropy.")}
+  p = methods.with_values(spec.method, e)
+  coef = lambda name: annealed(spec, getattr(p, name), hp, step)
+  stages = methods.stages(spec.method, p, spec, coef, hp)
   if spec.track:
     return controllers.attributed_chain(*stages)
   return optax.chain(*[t for _, t in stages]) if stages else optax.identity()

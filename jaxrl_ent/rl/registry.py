@@ -14,75 +14,45 @@ registry share one signature:
 * `AGG_MODES`: `fn(loss_bt, mask_bt, **kwargs) -> scalar`.
 """
 
+import dataclasses
 import functools
-import types
 
+from jaxrl_ent import schema
 from jaxrl_ent.rl import advantages
 from jaxrl_ent.rl import aggregation
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import policy_losses
 
 
-class Registry:
-  """A small string → callable map with validated names.
+Registry = schema.Registry
 
-  Names are non-empty strings, registered once. Lookups of unknown names
-  raise `ValueError` listing the known ones.
-  """
 
-  def __init__(self, kind):
-    self._kind = kind
-    self._items = {}
+# ------------------------------------------------ policy-loss parameters
+@dataclasses.dataclass(frozen=True)
+class PPOClipParams(schema.Block):
+  """`ppo_clip` / `vanilla`: the clip range (`loss.clip_eps_low/high`, also
+  Clip-Cov's) and the dual-clip bound `loss.clip_ratio_c` (None: off)."""
+  eps_low: float = schema.num(0.2, low=0.0, high=1.0, hparam=True,
+                              key="clip_eps_low")
+  eps_high: float = schema.num(0.2, low=0.0, hparam=True,
+                               key="clip_eps_high")
+  clip_ratio_c: float | None = schema.num(
+      None, low=1.0, low_open=True, allow_none=True, required=False,
+      hparam=True, why=" (dual-clip bound; None disables it)")
 
-  def register(self, name, fn=None):
-    """Registers `fn` under `name`; without `fn`, returns a decorator.
 
-    Raises:
-      ValueError: empty / non-string name, or a name already taken.
-    """
-    if fn is None:
-      return lambda f: self.register(name, f)
-    if not isinstance(name, str) or not name:
-      raise ValueError(f"{self._kind} name must be a non-empty str, got "
-                       f"{name!r}.")
-    if name in self._items:
-      raise ValueError(f"{self._kind} {name!r} is already registered.")
-    if not callable(fn):
-      raise ValueError(f"{self._kind} {name!r} must be callable, got {fn!r}.")
-    self._items[name] = fn
-    return fn
+@dataclasses.dataclass(frozen=True)
+class GSPOParams(schema.Block):
+  """`gspo`: the sequence-level clip range (`loss.gspo_eps_low/high`)."""
+  eps_low: float = schema.num(3e-4, low=0.0, required=False, hparam=True,
+                              key="gspo_eps_low")
+  eps_high: float = schema.num(4e-4, low=0.0, required=False, hparam=True,
+                               key="gspo_eps_high")
 
-  def validate(self, name):
-    """Returns `name` if registered.
 
-    Raises:
-      ValueError: unknown name.
-    """
-    if name not in self._items:
-      raise ValueError(f"Unknown {self._kind} {name!r}; expected one of "
-                       f"{self.names()}.")
-    return name
-
-  def get(self, name):
-    """The callable registered under `name` (`ValueError` if unknown)."""
-    return self._items[self.validate(name)]
-
-  def names(self):
-    """Registered names, sorted."""
-    return tuple(sorted(self._items))
-
-  def as_mapping(self):
-    """A read-only view of the registry."""
-    return types.MappingProxyType(self._items)
-
-  def __contains__(self, name):
-    return name in self._items
-
-  def __len__(self):
-    return len(self._items)
-
-  def __repr__(self):
-    return f"Registry({self._kind!r}, {list(self.names())})"
+@dataclasses.dataclass(frozen=True)
+class NoParams(schema.Block):
+  """An entry that reads no config field."""
 
 
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
@@ -98,10 +68,13 @@ CRITIC_ESTIMATORS = frozenset({"gae"})
 
 POLICY_LOSSES = Registry("policy loss")
 # "vanilla" is verl's `loss_mode` name for the same loss.
-POLICY_LOSSES.register("ppo_clip", policy_losses.ppo_clip_loss)
-POLICY_LOSSES.register("vanilla", policy_losses.ppo_clip_loss)
-POLICY_LOSSES.register("gspo", policy_losses.gspo_loss)
-POLICY_LOSSES.register("reinforce", policy_losses.reinforce_loss)
+POLICY_LOSSES.register("ppo_clip", policy_losses.ppo_clip_loss,
+                       params=PPOClipParams)
+POLICY_LOSSES.register("vanilla", policy_losses.ppo_clip_loss,
+                       params=PPOClipParams)
+POLICY_LOSSES.register("gspo", policy_losses.gspo_loss, params=GSPOParams)
+POLICY_LOSSES.register("reinforce", policy_losses.reinforce_loss,
+                       params=NoParams)
 
 KL_ESTIMATORS = Registry("KL estimator")
 for _kind in kl.KL_KINDS:

@@ -1,33 +1,64 @@
 """Factories: the only place (with launchers) that reads config.
 
-They turn config blocks into what the kernels take: the static structure of
-the RL update (`update_spec`) with its hyperparameters as arrays
-(`initial_hparams`), the static loss settings, and, for tools that use a
-fixed chain (benchmarks, the study's checks), the entropy controller chain
-as the update builds it.
+They read the config's typed blocks once (`config_blocks.parse`) and turn
+them into what the kernels take: the static structure of the RL update
+(`update_spec`) with its hyperparameters as arrays (`initial_hparams`), the
+static loss settings, and, for tools that use a fixed chain (benchmarks, the
+study's checks), the entropy controller chain as the update builds it.
 """
 
+import dataclasses
+
+import ml_collections
+
+from jaxrl_ent import checker
+from jaxrl_ent import schema
 from jaxrl_ent.rl import critic as critic_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import registry
 from jaxrl_ent.rl import train_step
 from jaxrl_ent.rl import update as update_lib
+from jaxrl_ent.train import config_blocks
 
 ENTROPY_METHODS = hparams_lib.ENTROPY_METHODS
 ANNEALS = hparams_lib.ANNEALS
 
 
-def controller_spec(cfg, *, track: bool = True) -> hparams_lib.ControllerSpec:
-  """`config.entropy` → the static structure of its controller chain."""
-  if cfg.method not in ENTROPY_METHODS:
-    raise ValueError(f"entropy.method={cfg.method!r}; allowed: "
-                     f"{ENTROPY_METHODS}.")
+def parse(config) -> config_blocks.Run:
+  """The config's typed blocks (`config_blocks.parse`)."""
+  return config_blocks.parse(config)
+
+
+def _entropy(cfg) -> config_blocks.Entropy:
+  """`config.entropy` (a ConfigDict block on its own) → typed `Entropy`."""
+  c = checker.Checker(ml_collections.ConfigDict({"entropy": cfg}))
+  entropy = config_blocks.check_entropy(c)
+  if c.problems or entropy is None:
+    raise checker.ConfigError(c.problems or [("entropy", "invalid block")])
+  return entropy
+
+
+def controller_spec(entropy: config_blocks.Entropy, *,
+                    track: bool = True) -> hparams_lib.ControllerSpec:
+  """The typed entropy block → the static structure of its controller
+  chain (the method's string fields are structure: a jit key)."""
+  p = entropy.params
   return hparams_lib.ControllerSpec(
-      method=cfg.method, anneal=cfg.get("anneal", "constant"),
-      anneal_steps=int(cfg.get("anneal_steps", 100)),
-      rule=cfg.get("rule", "bang_bang"), measure=cfg.get("measure", "old_logp"),
-      steer_mode=cfg.get("steer_mode", "exponential"),
-      steer_score=cfg.get("steer_score", "reference"), track=track)
+      method=entropy.method, anneal=entropy.anneal.anneal,
+      anneal_steps=entropy.anneal.anneal_steps,
+      rule=getattr(p, "rule", "bang_bang"),
+      measure=getattr(p, "measure", "old_logp"),
+      steer_mode=getattr(p, "steer_mode", "exponential"),
+      steer_score=getattr(p, "steer_score", "reference"), track=track)
+
+
+def _entropy_hparams(entropy: config_blocks.Entropy, spec) -> dict:
+  """`entropy.<key>` → value, for the coefficients the chain reads."""
+  values = {}
+  for block in (entropy.params, entropy.anneal):
+    for attr, rule in schema.rules(type(block)).items():
+      values[f"entropy.{rule.key or attr}"] = getattr(block, attr)
+  return {k: values[k] for k in spec.hparam_fields()}
 
 
 def make_controller(cfg, *, clip_eps_low: float = 0.2,
@@ -36,78 +67,90 @@ def make_controller(cfg, *, clip_eps_low: float = 0.2,
   """The token-space controller chain of `config.entropy` at RL step `step`
   (as `rl.update` builds it; wrapped in `controllers.attributed_chain` for
   per-source `entropy/dH_pred_tabular/*` unless `track=False`)."""
-  spec = controller_spec(cfg, track=track)
-  hp = {k: cfg.get(k.split(".", 1)[1]) for k in spec.hparam_fields()}
+  entropy = _entropy(cfg)
+  spec = controller_spec(entropy, track=track)
+  hp = _entropy_hparams(entropy, spec)
   hp.update({"loss.clip_eps_low": clip_eps_low,
              "loss.clip_eps_high": clip_eps_high})
   return hparams_lib.controller(spec, hparams_lib.as_hparams(hp), step)
 
 
-def make_loss_config(cfg) -> train_step.LossConfig:
-  """`config.loss` (+ sampling temperature) → static `LossConfig`."""
-  kwargs = {}
-  if cfg.policy_loss == "ppo_clip":
-    kwargs = {"eps_low": cfg.clip_eps_low, "eps_high": cfg.clip_eps_high,
-              "clip_ratio_c": cfg.get("clip_ratio_c", None)}
-  elif cfg.policy_loss == "gspo":
-    kwargs = {"eps_low": cfg.get("gspo_eps_low", 3e-4),
-              "eps_high": cfg.get("gspo_eps_high", 4e-4)}
+def _policy_kwargs(run: config_blocks.Run) -> dict:
+  """The policy loss's keyword arguments (attribute names of its parameter
+  class), None-valued ones (an unset dual-clip bound) kept."""
+  return dataclasses.asdict(run.policy_loss)
+
+
+def _policy_hparams(run: config_blocks.Run) -> dict[str, str]:
+  """Policy-loss kwarg → hparam key, for the configured loss (a None value,
+  e.g. no dual clip, is not an hparam)."""
+  rules = schema.rules(type(run.policy_loss))
+  return {a: f"loss.{r.key or a}" for a, r in rules.items()
+          if r.hparam and getattr(run.policy_loss, a) is not None}
+
+
+def make_loss_config(config) -> train_step.LossConfig:
+  """The config's loss (at the sampling temperature) → static `LossConfig`."""
+  run = parse(config)
+  return _loss_config(run)
+
+
+def _loss_config(run: config_blocks.Run) -> train_step.LossConfig:
+  lc = run.loss
   return train_step.LossConfig(
-      policy_loss=cfg.policy_loss,
-      policy_loss_kwargs=tuple(sorted(kwargs.items())),
-      agg_mode=cfg.agg_mode, kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
-      temperature=cfg.temperature, token_chunk=cfg.token_chunk,
-      vocab_chunk=cfg.get("vocab_chunk", None),
-      num_micro_batches=cfg.num_micro_batches).validate()
-
-
-def _policy_hparams(cfg) -> dict[str, str]:
-  """Policy-loss kwarg → hparam key, for the configured loss."""
-  if cfg.policy_loss == "ppo_clip":
-    out = {"eps_low": "loss.clip_eps_low", "eps_high": "loss.clip_eps_high"}
-    if cfg.get("clip_ratio_c", None) is not None:
-      out["clip_ratio_c"] = "loss.clip_ratio_c"
-    return out
-  if cfg.policy_loss == "gspo":
-    return {"eps_low": "loss.gspo_eps_low", "eps_high": "loss.gspo_eps_high"}
-  return {}
+      policy_loss=lc.policy_loss,
+      policy_loss_kwargs=tuple(sorted(_policy_kwargs(run).items())),
+      agg_mode=lc.agg_mode, kl_coef=lc.kl_coef, kl_kind=lc.kl_kind,
+      # The loss scores tokens at the sampling temperature (verl).
+      temperature=run.rollout.temperature, token_chunk=lc.token_chunk,
+      vocab_chunk=lc.vocab_chunk,
+      num_micro_batches=lc.num_micro_batches).validate()
 
 
 def critic_spec(config) -> critic_lib.CriticSpec | None:
   """`config.critic` → the critic's static structure, when the advantage
   estimator reads a critic (`registry.CRITIC_ESTIMATORS`, i.e. `gae`);
   None otherwise (the block is then not read)."""
-  if not registry.needs_critic(config.advantage.estimator):
+  return _critic_spec(parse(config))
+
+
+def _critic_spec(run: config_blocks.Run) -> critic_lib.CriticSpec | None:
+  if not registry.needs_critic(run.advantage.estimator):
     return None
-  cc = config.critic
+  cc = run.critic
+  if cc is None:
+    raise checker.ConfigError([("critic", "missing with advantage."
+                                f"estimator={run.advantage.estimator!r}")])
   return critic_lib.CriticSpec(
-      kind=cc.get("kind", "head"), warmup_steps=int(cc.get("warmup_steps", 0)),
-      agg_mode=cc.get("agg_mode", config.loss.agg_mode),
-      loss_scale_factor=config.loss.get("loss_scale_factor", None),
-      clip=cc.get("grad_clip", 1.0) is not None).validate()
+      kind=cc.kind, warmup_steps=cc.warmup_steps,
+      agg_mode=cc.agg_mode or run.loss.agg_mode,
+      loss_scale_factor=run.loss.loss_scale_factor,
+      clip=cc.grad_clip is not None).validate()
 
 
 def update_spec(config) -> update_lib.UpdateSpec:
   """The static structure of the run's RL update (`rl.update`)."""
-  t, o, e, lc = config.train, config.optim, config.entropy, config.loss
-  loss = make_loss_config(lc)
+  return _update_spec(parse(config))
+
+
+def _update_spec(run: config_blocks.Run) -> update_lib.UpdateSpec:
+  t, o, lc = run.train, run.optim, run.loss
   # The KL value comes from the hparams; LossConfig keeps only "is it on".
   return update_lib.UpdateSpec(
-      loss=loss,
+      loss=_loss_config(run),
       optimizer=hparams_lib.OptimizerSpec(
-          schedule=o.schedule, warmup_steps=int(o.warmup_steps),
-          total_steps=int(t.steps), end_fraction=float(o.get(
-              "end_fraction", 0.0)), clip=bool(o.grad_clip),
-          kind=o.get("name", "adamw")),
-      controller=controller_spec(e),
-      estimator=config.advantage.estimator,
-      group_size=int(config.rollout.n_samples),
-      ppo_epochs=int(t.ppo_epochs), num_mini_batches=int(t.num_mini_batches),
-      recompute_old_logp=bool(t.recompute_old_logp),
+          schedule=o.schedule, warmup_steps=o.warmup_steps,
+          total_steps=t.steps, end_fraction=o.end_fraction,
+          clip=bool(o.grad_clip), kind=o.name),
+      controller=controller_spec(run.entropy),
+      estimator=run.advantage.estimator,
+      group_size=run.rollout.n_samples,
+      ppo_epochs=t.ppo_epochs, num_mini_batches=t.num_mini_batches,
+      recompute_old_logp=t.recompute_old_logp,
       kl_in_reward_kind=(lc.kl_in_reward_kind
-                         if lc.get("kl_in_reward_coef", 0.0) > 0 else None),
-      policy_hparams=tuple(sorted(_policy_hparams(lc).items())),
-      critic=critic_spec(config))
+                         if lc.kl_in_reward_coef > 0 else None),
+      policy_hparams=tuple(sorted(_policy_hparams(run).items())),
+      critic=_critic_spec(run))
 
 
 def initial_hparams(config) -> dict[str, float]:
@@ -116,30 +159,30 @@ def initial_hparams(config) -> dict[str, float]:
   These are the values a replica may override (`config.sweep`); anything
   else in the config is structure or host-side.
   """
-  spec = update_spec(config)
-  o, lc = config.optim, config.loss
-  out = {"optim.lr": o.lr, "optim.b1": o.b1, "optim.b2": o.b2,
-         "optim.eps": o.get("eps", 1e-8), "optim.weight_decay": o.weight_decay}
+  run = parse(config)
+  spec = _update_spec(run)
+  o, lc = run.optim, run.loss
+  out = {f"optim.{k}": getattr(o, k)
+         for k in ("lr", "b1", "b2", "eps", "weight_decay")}
   if spec.optimizer.clip:
     out["optim.grad_clip"] = o.grad_clip
-  for key in dict(spec.policy_hparams).values():
-    out[key] = lc.get(key.split(".", 1)[1])
+  for attr, key in spec.policy_hparams:
+    out[key] = getattr(run.policy_loss, attr)
   if spec.controller.method == "clip_cov":
-    out["loss.clip_eps_low"] = lc.clip_eps_low
-    out["loss.clip_eps_high"] = lc.clip_eps_high
+    # Clip-Cov clips with the PPO range whichever policy loss runs.
+    clip = registry.PPOClipParams.from_config(config, "loss")
+    out["loss.clip_eps_low"] = clip.eps_low
+    out["loss.clip_eps_high"] = clip.eps_high
   if spec.loss.kl_coef > 0:
     out["loss.kl_coef"] = lc.kl_coef
   if spec.kl_in_reward_kind is not None:
     out["loss.kl_in_reward_coef"] = lc.kl_in_reward_coef
-  for key in spec.controller.hparam_fields():
-    out[key] = config.entropy.get(key.split(".", 1)[1])
+  out.update(_entropy_hparams(run.entropy, spec.controller))
   if spec.critic is not None:
-    cc, adv = config.critic, config.advantage
-    out.update({"advantage.gamma": adv.get("gamma", 1.0),
-                "advantage.lam": adv.get("lam", 1.0),
-                "critic.lr": cc.lr,
-                "critic.cliprange_value": cc.get("cliprange_value", 0.5),
-                "critic.weight_decay": cc.get("weight_decay", 0.0)})
+    cc, adv = run.critic, run.advantage
+    out.update({"advantage.gamma": adv.gamma, "advantage.lam": adv.lam,
+                "critic.lr": cc.lr, "critic.cliprange_value":
+                cc.cliprange_value, "critic.weight_decay": cc.weight_decay})
     if spec.critic.clip:
       out["critic.grad_clip"] = cc.grad_clip
   return {k: float(v) for k, v in out.items()}

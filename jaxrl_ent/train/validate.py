@@ -8,19 +8,19 @@ lists every problem it found, each naming the dotted field, the bad value and
 what is allowed — so a typo in a launch command costs seconds, not a
 compilation (or a pod-slice allocation) per mistake.
 
-Every field of the shipped configs is checked for type and range whether or
-not the selected method reads it (`entropy.coef=-0.5` is refused with
-`entropy.method=none` too); `unchecked_fields(config)` lists the leaves no
-check covers, and a test keeps it empty for `configs/grpo_tiny.py`. Fields
-this module does not know (added by newer code) are left alone.
-`ignored_field_warnings(config, fields)` names overridden fields that the
-selected methods do not read, and which method would.
-
-The kernels and factories keep their own checks (they are also called
-without a config); this module mirrors them with config field names, and adds
-what only the whole config can see: the mesh against the device count, batch
-divisibility across data parallelism / mini- and micro-batches, and prompt +
-completion length against the model's context.
+Field by field, the rules are the typed blocks' own (`config_blocks`, the
+entropy methods' parameter classes in `entropy.methods`, the policy losses'
+in `rl.registry`): every field of the shipped configs is checked for type
+and range whether or not the selected method reads it (`entropy.coef=-0.5`
+is refused with `entropy.method=none` too). This module adds what only the
+whole config can see: the mesh against the device count, batch divisibility
+across data parallelism / mini- and micro-batches, prompt + completion
+length against the model's context, the prompt files and the checkpoint
+folder on disk, the task's difficulty knobs and the reward spec.
+`unchecked_fields(config)` lists the leaves no check covers (a test keeps it
+empty for the shipped configs); fields no block knows (added by newer code)
+are left alone. `ignored_field_warnings(config, fields)` names overridden
+fields that the selected methods do not read, and which method would.
 
 Unknown keys and unparseable values given as `--config.x=y` are refused
 earlier, in one line, by `jaxrl_ent.launch_flags` (every launcher parses its
@@ -31,26 +31,18 @@ import inspect
 import json
 import math
 import os
-import re
-import string
 
 import jax
 
+from jaxrl_ent import checker
 from jaxrl_ent import sharding
 from jaxrl_ent.aot import chips
 from jaxrl_ent.data import records
-from jaxrl_ent.data import tokenization
-from jaxrl_ent.models import config as config_lib
-from jaxrl_ent.models import decode_attention
-from jaxrl_ent.models import lora as lora_lib
+from jaxrl_ent.entropy import methods
 from jaxrl_ent.rewards import registry as reward_registry
-from jaxrl_ent.rewards import scoring
 from jaxrl_ent.rewards import tasks
-from jaxrl_ent.rl import critic as critic_lib
-from jaxrl_ent.rl import hparams as hparams_lib
-from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
-from jaxrl_ent.train import checker
+from jaxrl_ent.train import config_blocks
 from jaxrl_ent.train import factories
 from jaxrl_ent.train import replicas
 
@@ -60,47 +52,19 @@ _Checker = checker.Checker
 _get = checker.get
 _is_int = checker.is_int
 
-_LR_SCHEDULES = hparams_lib.LR_SCHEDULES
-# Allowed values that their owners check inline rather than export
-# (policy_setup, controllers, reweighting); every other list is imported
-# from its owner, so it cannot drift.
-_DTYPES = ("float32", "bfloat16")
-_ADAPTIVE_RULES = ("bang_bang", "lagrangian")
-_ADAPTIVE_MEASURES = ("old_logp", "entropy")
-_STEER_MODES = ("exponential", "linear")
-_STEER_SCORES = ("reference", "exact")
-# models/tiny_hf.tiny_tokenizer: 256 byte symbols + 4 special tokens is the
-# smallest vocabulary it builds (a smaller request silently gives 260).
-_MIN_TOKENIZER_VOCAB = 260
-_MAX_TOKENIZER_VOCAB = 1 << 20
-
-ENTROPY_METHODS = getattr(factories, "ENTROPY_METHODS", ())
-ANNEALS = getattr(factories, "ANNEALS", ())
+ENTROPY_METHODS = methods.NAMES
+ANNEALS = methods.ANNEALS
 # The methods whose coefficient `rl.hparams.annealed` schedules.
-ANNEALED_METHODS = tuple(hparams_lib.ANNEALED)
-
-
-def _entropy_readers() -> dict[str, tuple[str, ...]]:
-  """entropy.<field> -> the methods that read it: the coefficients each
-  method keeps as hyperparameters (`rl.hparams.ENTROPY_HPARAMS`), its
-  structural choices, and the anneal kind."""
-  readers = {}
-  structural = {"adaptive_entropy": ("rule", "measure"),
-                "steer": ("steer_mode", "steer_score")}
-  for method, fields in hparams_lib.ENTROPY_HPARAMS.items():
-    for field in fields + structural.get(method, ()):
-      readers.setdefault(field, ())
-      readers[field] += (method,)
-  readers["anneal"] = ANNEALED_METHODS
-  return readers
-
-
-ENTROPY_READERS = _entropy_readers()
+ANNEALED_METHODS = tuple(methods.ANNEALED)
+# entropy.<field> -> the methods that read it (from their parameter
+# classes, `entropy.methods`), and `anneal` -> the annealed methods.
+ENTROPY_READERS = methods.readers()
 # entropy.anneal_<x> -> the `entropy.anneal` kinds that read it.
-ANNEAL_READERS = {
-    "anneal_steps": ("linear", "cosine"), "anneal_end": ("linear", "cosine"),
-    "anneal_tau": ("inverse_power",), "anneal_power": ("inverse_power",),
-}
+ANNEAL_READERS = {}
+for _kind, _keys in methods.Anneal.READERS.items():
+  for _key in _keys:
+    ANNEAL_READERS[_key] = ANNEAL_READERS.get(_key, ()) + (_kind,)
+del _kind, _keys, _key
 
 
 # ------------------------------------------------------------------ sections
@@ -169,40 +133,18 @@ def _data_parallel_size(c: _Checker, sizes) -> int | None:
 
 
 def _check_model(c: _Checker) -> int | None:
-  """Model fields; returns the context length when it can be known."""
-  c.str_("model.dtype", choices=_DTYPES, required=False)
-  c.bool_("model.remat", required=False)
-  model_path = c.str_("model_path")
-  # The tiny model's dimensions are checked even when a checkpoint's
-  # config.json decides (ignored_field_warnings says so for overrides).
-  dims = {n: c.int_(f"model.{n}", low=1, required=not model_path) for n in (
-      "hidden_size", "intermediate_size", "num_layers", "num_heads",
-      "num_kv_heads", "max_position_embeddings")}
-  c.bool_("model.tie_word_embeddings", required=False)
-  # Fields of the TPU ahead-of-time configs (configs/tpu_grpo.py), which
-  # describe the checkpoint's model without reading it.
-  c.str_("model.model_type", choices=config_lib.SUPPORTED_MODEL_TYPES,
-         required=False)
-  c.str_("model.param_dtype", choices=_DTYPES, required=False)
-  for n in ("head_dim", "vocab_size"):
-    c.int_(f"model.{n}", low=1, required=False)
-  for n in ("rms_norm_eps", "rope_theta"):
-    c.num(f"model.{n}", low=0.0, low_open=True, required=False)
-  c.str_("job", required=False)
-  topology = c.str_("topology", required=False, nonempty=True)
-  if isinstance(topology, str) and topology:
+  """The topology and the checkpoint folder; returns the context length
+  when it can be known."""
+  topology = _get(c.config, "topology")
+  if isinstance(topology, str) and topology and not c.bad("topology"):
     try:
       chips.parse_topology(topology, field="topology")
     except ValueError as e:
       c.add("topology", str(e))
-  h, nh, nkv = dims["hidden_size"], dims["num_heads"], dims["num_kv_heads"]
-  if _MISSING not in (h, nh) and h % nh:
-    c.add("model.hidden_size", f"{h} is not divisible by model.num_heads="
-          f"{nh}; allowed: a multiple of num_heads")
-  if _MISSING not in (nh, nkv) and nh % nkv:
-    c.add("model.num_kv_heads", f"{nkv} does not divide model.num_heads="
-          f"{nh}; allowed: a divisor of num_heads")
-  if model_path not in (_MISSING, ""):
+  model_path = _get(c.config, "model_path")
+  if not isinstance(model_path, str):
+    return None
+  if model_path:
     if "://" in model_path:  # Remote folders are checked when loaded.
       return None
     cfg_file = os.path.join(model_path, "config.json")
@@ -219,17 +161,17 @@ def _check_model(c: _Checker) -> int | None:
             "folder with a valid Hugging Face config.json")
       return None
     return int(context) if _is_int(context) else None
-  if model_path == "" and _get(c.config, "data.task") == "":
+  if _get(c.config, "data.task") == "":
     c.add("model_path", "empty and data.task is empty; allowed: a local HF "
           "checkpoint folder, or a synthetic data.task to build a tiny "
           "model for")
     return None
-  ctx = dims["max_position_embeddings"]
-  return None if ctx is _MISSING else ctx
+  ctx = _good(c, "model.max_position_embeddings")
+  return ctx if _is_int(ctx) else None
 
 
 def _check_paths(c: _Checker, field: str, task):
-  paths = c.value(field)
+  paths = _get(c.config, field)
   if paths is _MISSING:
     return
   if isinstance(paths, str):
@@ -274,17 +216,19 @@ def _check_knob_types(c: _Checker, task: str, kwargs: dict):
 
 
 def _check_data(c: _Checker):
-  task = c.str_("data.task", choices=("",) + tuple(sorted(tasks.TASKS)))
+  """The prompt source (files on disk, or the task's generator)."""
+  task = _get(c.config, "data.task")
+  task = task if isinstance(task, str) and not c.bad("data.task") else (
+      _MISSING)
   for field in ("data.train_paths", "data.eval_paths"):
     _check_paths(c, field, task)
-  c.int_("data.task_size", low=1)
-  seed = c.int_("data.task_seed")
-  kwargs = c.value("data.task_kwargs", required=False)
+  seed = _get(c.config, "data.task_seed")
+  kwargs = _get(c.config, "data.task_kwargs")
   if kwargs not in (_MISSING, None) and not hasattr(kwargs, "keys"):
     c.add("data.task_kwargs", f"got {kwargs!r}; allowed: a dict of the "
           "task's difficulty knobs")
   elif task not in (_MISSING, "") and kwargs is not _MISSING and (
-      seed is not _MISSING):
+      _is_int(seed)):
     _check_knob_types(c, task, dict(kwargs or {}))
     try:  # One example: catches unknown difficulty knobs in milliseconds.
       tasks.generate(task, 1, seed=seed, **dict(kwargs or {}))
@@ -295,133 +239,10 @@ def _check_data(c: _Checker):
       c.add("data.task_kwargs", f"{dict(kwargs or {})!r} rejected by task "
             f"{task!r} ({type(e).__name__}: {e}); allowed: keyword "
             f"arguments among {knobs} with valid values")
-  c.int_("data.tokenizer_vocab_size", low=_MIN_TOKENIZER_VOCAB,
-         high=_MAX_TOKENIZER_VOCAB, required=False,
-         why=" (the tiny byte-level BPE tokenizer: 256 bytes + 4 special "
-         "tokens at least)")
-  c.str_("data.prompt_field", nonempty=True)
-  for field in ("data.answer_field", "data.id_field", "data.system_prompt"):
-    c.str_(field)
-  template = c.str_("data.template", nonempty=True)
-  if isinstance(template, str) and template:
-    try:
-      names = [n for _, n, _, _ in string.Formatter().parse(template)
-               if n is not None]
-    except ValueError as e:
-      c.add("data.template", f"{template!r} is not a format string ({e}); "
-            "allowed: text with {prompt} / {<record field>} placeholders "
-            "(write {{ and }} for braces)")
-    else:
-      if any(not n or not n.isidentifier() for n in names):
-        c.add("data.template", f"{template!r} has a positional or "
-              "non-identifier placeholder; allowed: named fields such as "
-              "{prompt}")
-      elif not names:
-        c.add("data.template", f"{template!r} has no placeholder, so every "
-              "prompt would be this same text; allowed: a template with "
-              "{prompt} (or another record field)")
-  chat = c.bool_("data.chat_template")
-  system = _get(c.config, "data.system_prompt")
-  if chat is False and isinstance(system, str) and system:
-    c.add("data.system_prompt", "set while data.chat_template=False; allowed: "
-          "a system prompt only with the chat template")
-  c.str_("data.on_overlong", choices=tokenization.OVERLONG_POLICIES)
-  return c.int_("data.max_prompt_length", low=1)
 
 
-def _check_entropy(c: _Checker):
-  """Every entropy field, whichever method is selected (a wrong value of an
-  unused field is a wrong belief about the run); cross-field rules too."""
-  method = c.str_("entropy.method", choices=ENTROPY_METHODS or None)
-  anneal = c.str_("entropy.anneal", choices=ANNEALS or None, required=False)
-  fn_ok = anneal in (_MISSING, "constant")  # Only then may a base be a fn.
-  # `rl.hparams.annealed` multiplies the base value, so it must be a number.
-  no_fn = "" if fn_ok else (f" (entropy.anneal={anneal!r} scales a number; "
-                            "give a schedule only with anneal='constant')")
-  req = lambda *methods: method in methods
-  c.num("entropy.coef", low=0.0, allow_schedule=fn_ok, why=no_fn,
-        required=req("entropy_bonus", "kl_cov"))
-  c.num("entropy.ratio", low=0.0, high=1.0, low_open=True,
-        allow_schedule=fn_ok and method != "kl_cov",
-        why=" (fraction of tokens clipped or penalised)" + no_fn,
-        required=req("clip_cov", "kl_cov"))
-  lb = c.num("entropy.clip_cov_lb", required=req("clip_cov"))
-  ub = c.num("entropy.clip_cov_ub", required=req("clip_cov"))
-  if _MISSING not in (lb, ub) and not lb < ub:
-    c.add("entropy.clip_cov_lb", f"{lb:g} >= entropy.clip_cov_ub={ub:g}; "
-          "allowed: clip_cov_lb < clip_cov_ub (the covariance window "
-          "(lb, ub) must be non-empty)")
-  c.num("entropy.quantile", low=0.0, high=1.0, low_open=True,
-        allow_schedule=True, why=" (kept top fraction of tokens)",
-        required=req("high_entropy_tokens"))
-  adaptive = req("adaptive_entropy")
-  c.str_("entropy.rule", choices=_ADAPTIVE_RULES, required=adaptive)
-  c.num("entropy.target", low=0.0, allow_schedule=True, required=adaptive)
-  c.num("entropy.delta", low=0.0, required=adaptive)
-  c.num("entropy.lr", low=0.0, required=req("adaptive_entropy", "aent"))
-  c.str_("entropy.measure", choices=_ADAPTIVE_MEASURES, required=False)
-  c.ordered("entropy.coef_min", "entropy.coef_max", required=adaptive)
-  c.num("entropy.w_min", low=0.0, high=1.0, low_open=True, required=False)
-  c.num("entropy.w_max", low=0.0, low_open=True, required=False)
-  w_lo, w_hi = _get(c.config, "entropy.w_min"), _get(c.config, "entropy.w_max")
-  if (checker.is_num(w_lo) and checker.is_num(w_hi) and
-      not c.bad("entropy.w_min") and not c.bad("entropy.w_max") and
-      w_lo > w_hi):
-    c.add("entropy.w_min", f"{w_lo:g} > entropy.w_max={w_hi:g}; allowed: "
-          "w_min <= w_max")
-  c.str_("entropy.steer_mode", choices=_STEER_MODES, required=False)
-  c.str_("entropy.steer_score", choices=_STEER_SCORES, required=False)
-  c.num("entropy.coef_init", low=0.0, required=False)
-  c.ordered("entropy.h_low", "entropy.h_high", required=False)
-  c.ordered("entropy.coef_min_aent", "entropy.coef_max_aent", required=False)
-  # Anneal parameters: ranges always, cosine's end fraction when used.
-  annealing = method in ANNEALED_METHODS
-  timed = annealing and anneal in ("linear", "cosine")
-  c.int_("entropy.anneal_steps", low=1, required=timed)
-  if timed and anneal == "cosine":
-    c.num("entropy.anneal_end", low=0.0, high=1.0,
-          why=" (cosine's final fraction)")
-  else:
-    c.num("entropy.anneal_end", low=0.0, required=timed,
-          why=" (end = value·anneal_end)")
-  power = annealing and anneal == "inverse_power"
-  c.num("entropy.anneal_tau", low=0.0, low_open=True, required=power)
-  c.num("entropy.anneal_power", low=0.0, low_open=True, required=power)
-
-
-def _check_loss_and_rl(c: _Checker):
-  c.registry("advantage.estimator", registry.ADVANTAGE_ESTIMATORS)
-  c.registry("loss.policy_loss", registry.POLICY_LOSSES)
-  c.registry("loss.agg_mode", registry.AGG_MODES)
-  c.registry("loss.kl_kind", registry.KL_ESTIMATORS)
-  c.str_("loss.kl_in_reward_kind", choices=kl.KL_KINDS, required=False)
-  c.num("loss.clip_eps_low", low=0.0, high=1.0)
-  c.num("loss.clip_eps_high", low=0.0)
-  c.num("loss.clip_ratio_c", low=1.0, low_open=True, allow_none=True,
-        required=False, why=" (dual-clip bound; None disables it)")
-  c.num("loss.kl_coef", low=0.0)
-  c.num("loss.kl_in_reward_coef", low=0.0, required=False)
-  c.int_("loss.token_chunk", low=1)
-  c.int_("loss.vocab_chunk", low=1, allow_none=True, required=False)
-  c.num("loss.gspo_eps_low", low=0.0, required=False)
-  c.num("loss.gspo_eps_high", low=0.0, required=False)
-  # Derived from rollout.temperature by get_config (may disappear).
-  loss_t = c.num("loss.temperature", low=0.0, low_open=True, required=False)
-  roll_t = c.num("rollout.temperature", low=0.0, low_open=True)
-  if _MISSING not in (loss_t, roll_t) and loss_t != roll_t:
-    # get_config copies rollout.temperature into the loss; overriding only
-    # one of them on the command line silently changes the PPO ratios.
-    c.add("loss.temperature", f"{loss_t:g} differs from rollout.temperature="
-          f"{roll_t:g}; allowed: the same value (the loss scores tokens at "
-          "the sampling temperature)")
-  c.num("rollout.top_p", low=0.0, high=1.0, low_open=True)
-  c.int_("rollout.top_k", low=0)
-  c.int_("rollout.max_new_tokens", low=1)
-  c.bool_("rollout.continuous", required=False)
-  c.int_("rollout.num_slots", low=0, required=False)
-  c.str_("rollout.decode_attention", choices=decode_attention.CHOICES,
-         required=False)
-  spec = c.value("reward.spec")
+def _check_reward(c: _Checker):
+  spec = _get(c.config, "reward.spec")
   if spec is not _MISSING and not isinstance(spec, (str, dict)) and not (
       hasattr(spec, "keys")):
     c.add("reward.spec", f"got {spec!r}; allowed: a reward name or a "
@@ -435,92 +256,56 @@ def _check_loss_and_rl(c: _Checker):
   elif spec is not _MISSING and not _get(c.config, "data.task"):
     c.add("reward.spec", "empty and data.task is empty; allowed: a reward "
           f"name in {sorted(reward_registry.REWARDS)} or a weighted spec")
-  c.str_("reward.backend", choices=scoring.BACKENDS)
-  c.num("reward.timeout_s", low=0.0, low_open=True,
-        why=" (seconds per reward call)")
-  c.num("reward.batch_timeout_s", low=0.0, low_open=True, allow_none=True,
-        required=False, why=" (seconds to score one batch; None: no budget)")
-  c.num("optim.lr", low=0.0, low_open=True)
-  c.int_("optim.warmup_steps", low=0)
-  c.str_("optim.schedule", choices=_LR_SCHEDULES)
-  c.str_("optim.name", choices=("adamw", "sgd"), required=False)
-  c.num("optim.weight_decay", low=0.0)
-  c.num("optim.b1", low=0.0, high=1.0, high_open=True)
-  c.num("optim.b2", low=0.0, high=1.0, high_open=True)
-  c.num("optim.grad_clip", low=0.0, low_open=True, allow_none=True)
 
 
 def _check_critic(c: _Checker):
-  """GAE's γ, λ and the `critic` block (`rl.critic`): ranges always,
-  required when the estimator reads a critic (`gae`)."""
+  """A critic block when the estimator needs one; its warm-up shorter than
+  the run; no critic with a LoRA policy yet."""
   estimator = _get(c.config, "advantage.estimator")
-  used = isinstance(estimator, str) and estimator in (
-      registry.CRITIC_ESTIMATORS)
-  for field in ("advantage.gamma", "advantage.lam"):
-    c.num(field, low=0.0, high=1.0, required=False)
-  if used and _get(c.config, "critic") is _MISSING:
+  if not (isinstance(estimator, str) and
+          estimator in registry.CRITIC_ESTIMATORS):
+    return
+  if _get(c.config, "critic") is _MISSING:
     c.add("critic", f"missing with advantage.estimator={estimator!r}; "
           "allowed: a critic block (configs/grpo_tiny.critic_config)")
     return
-  if used and _get(c.config, "lora.enabled") is True:
+  if _get(c.config, "lora.enabled") is True:
     c.add("advantage.estimator", f"{estimator!r} trains a critic, which a "
           "LoRA policy does not support yet (lora.enabled=True); allowed: "
           "a critic-free estimator with LoRA")
-  c.str_("critic.kind", choices=critic_lib.KINDS, required=used)
-  c.num("critic.lr", low=0.0, low_open=True, required=used)
-  warmup = c.int_("critic.warmup_steps", low=0, required=False)
-  steps = _get(c.config, "train.steps")
-  if used and _is_int(warmup) and _is_int(steps) and warmup >= steps:
+  warmup = _good(c, "critic.warmup_steps")
+  steps = _good(c, "train.steps")
+  if _is_int(warmup) and _is_int(steps) and warmup >= steps:
     c.add("critic.warmup_steps", f"{warmup} >= train.steps={steps}: the "
           f"policy would never train; allowed: fewer than {steps}")
-  c.num("critic.cliprange_value", low=0.0, low_open=True, required=False,
-        why=" (verl cliprange_value)")
-  c.registry("critic.agg_mode", registry.AGG_MODES, required=False)
-  c.num("critic.weight_decay", low=0.0, required=False)
-  c.num("critic.grad_clip", low=0.0, low_open=True, allow_none=True,
-        required=False)
 
 
 def _check_lora(c: _Checker):
-  """The `lora` block (configs/common.lora_config, models/lora.py)."""
-  if _get(c.config, "lora") is _MISSING:
-    return
-  on = c.bool_("lora.enabled")
-  c.int_("lora.rank", low=1, required=on is True)
-  c.num("lora.alpha", low=0.0, low_open=True, required=on is True)
-  c.str_("lora.quant", choices=lora_lib.QUANT, required=on is True)
-  c.int_("lora.seed", low=0, required=False)
-  c.num("lora.dropout", low=0.0, high=0.0, required=False,
-        why=" (a dropout mask would make the trained policy differ from the "
-        "one that sampled the rollout)")
   sweep = [_get(c.config, f) for f in ("sweep.seeds", "sweep.grid")]
-  if on is True and any(isinstance(v, str) and v.strip() for v in sweep):
+  if _get(c.config, "lora.enabled") is True and any(
+      isinstance(v, str) and v.strip() for v in sweep):
     # The stacked rollout closes over the model's rest, which for LoRA is
     # the (donated) frozen base; one run per process for now.
     c.add("lora.enabled", "True with sweep.seeds / sweep.grid set; allowed: "
           "LoRA runs without replicas (run the seeds as separate runs)")
-  targets = c.str_("lora.targets", required=on is True)
-  if isinstance(targets, str):
-    names = [t.strip() for t in targets.split(",") if t.strip()]
-    bad = [t for t in names if t not in lora_lib.TARGETS]
-    if bad or not names:
-      c.add("lora.targets", f"got {targets!r}; allowed: comma-separated "
-            f"names from {tuple(lora_lib.TARGETS)}")
+
+
+def _good(c: _Checker, field: str):
+  """The value of `field` if its own check passed (else MISSING): the
+  cross-field checks use each field that is valid, even in a block with
+  another bad field."""
+  v = _get(c.config, field)
+  return _MISSING if c.bad(field) else v
 
 
 def _check_batches(c: _Checker, dp: int | None, num_processes: int):
-  t = {n: c.int_(f"train.{n}", low=1) for n in (
-      "steps", "prompts_per_step", "ppo_epochs", "num_mini_batches",
-      "max_consecutive_skips")}
-  c.int_("train.measure_every", low=0)
-  c.bool_("train.recompute_old_logp")
-  n = c.int_("rollout.n_samples", low=1)
-  micro = c.int_("loss.num_micro_batches", low=1)
-  prompts, minis = t["prompts_per_step"], t["num_mini_batches"]
-  if prompts is not _MISSING and prompts % num_processes:
+  prompts = _good(c, "train.prompts_per_step")
+  if _is_int(prompts) and prompts % num_processes:
     c.add("train.prompts_per_step", f"{prompts} is not divisible by the "
           f"{num_processes} processes; allowed: a multiple of {num_processes}")
-  if _MISSING in (prompts, minis, n, micro):
+  minis = _good(c, "train.num_mini_batches")
+  n, micro = _good(c, "rollout.n_samples"), _good(c, "loss.num_micro_batches")
+  if not all(_is_int(v) for v in (prompts, minis, n, micro)):
     return
   rows = prompts * n
   per_micro = rows / (minis * micro)
@@ -538,95 +323,41 @@ def _check_batches(c: _Checker, dp: int | None, num_processes: int):
           f"{dp}")
 
 
-def _check_distributed(c: _Checker):
-  """The optional `distributed` block (train/distributed.py)."""
-  # Imported here: the module is tiny, but keeps this file's imports to
-  # what every check needs.
-  from jaxrl_ent.train import distributed  # pylint: disable=g-import-not-at-top
-  c.str_("distributed.initialize", choices=distributed.MODES, required=False)
-  address = c.str_("distributed.coordinator_address", required=False)
-  if isinstance(address, str) and address and not re.fullmatch(
-      r"(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):\d{1,5}", address):
-    c.add("distributed.coordinator_address", f"got {address!r}; allowed: '' "
-          "(unset) or host:port, e.g. 10.0.0.2:1234")
-  num = c.int_("distributed.num_processes", low=0, required=False)
-  pid = c.int_("distributed.process_id", low=-1, required=False)
-  if _is_int(num) and _is_int(pid) and num > 0 and pid >= num:
-    c.add("distributed.process_id", f"{pid} with distributed.num_processes="
-          f"{num}; allowed: -1 (unset) or an id in [0, {num})")
-
-
 def _check_wandb(c: _Checker):
-  """The optional `wandb` block (train/wandb_writer.py)."""
-  if _get(c.config, "wandb") is _MISSING:
-    return
   # pylint: disable=g-import-not-at-top
   import importlib.util
-  from jaxrl_ent.train import wandb_writer
-  on = c.bool_("wandb.enabled")
-  c.str_("wandb.project", required=False, nonempty=on is True)
-  for name in ("entity", "name", "group", "notes", "dir"):
-    c.str_(f"wandb.{name}", required=False)
-  c.str_("wandb.mode", choices=wandb_writer.MODES, required=False)
-  tags = c.value("wandb.tags", required=False)
-  if tags is not _MISSING and not (
-      isinstance(tags, (list, tuple)) and
-      all(isinstance(t, str) and t for t in tags)):
-    c.add("wandb.tags", f"got {tags!r}; allowed: a list of non-empty "
-          "strings")
-  if on is True and importlib.util.find_spec("wandb") is None:
+  if _get(c.config, "wandb.enabled") is True and (
+      importlib.util.find_spec("wandb") is None):
     c.add("wandb.enabled", "True but the wandb package is not installed; "
           "allowed: False, or pip install -e '.[wandb]'")
 
 
-def _check_rest(c: _Checker, context, max_prompt, sft_on):
-  c.int_("seed")
-  c.str_("resume_from")
+def _check_rest(c: _Checker, context):
   resume = _get(c.config, "resume_from")
   if isinstance(resume, str) and resume and "://" not in resume and (
       not os.path.isdir(resume)):
     c.add("resume_from", f"{resume!r} is not a directory; allowed: '' or a "
           "checkpoint directory (or one step directory in it)")
-  c.bool_("tensorboard", required=False)
-  c.int_("checkpoint.every", low=1)
-  c.int_("checkpoint.keep", low=1)
-  c.bool_("checkpoint.async_save", required=False)
-  c.int_("eval.every", low=0)
-  c.int_("eval.num_examples", low=1)
-  c.int_("eval.batch_size", low=1)
-  pass_k = c.int_("eval.pass_k", low=0)
-  n = c.int_("eval.num_samples", low=0, required=False,
-             why=" (0 = pass_k samples per prompt)")
-  if n is not _MISSING and pass_k is not _MISSING and 0 < n < pass_k:
-    c.add("eval.num_samples", f"{n} < eval.pass_k={pass_k}; the unbiased "
-          "pass@k needs n >= k samples (allowed: 0 or >= eval.pass_k)")
-  c.num("eval.success_threshold")
-  steps = c.int_("sft.steps", low=0)
-  # The warm start runs only for the tiny model (no model_path); its fields
-  # are range-checked regardless, required only when it runs.
-  used = sft_on and steps not in (_MISSING, 0)
-  c.num("sft.lr", low=0.0, low_open=True, required=used)
-  c.int_("sft.batch_size", low=1, required=used)
-  c.int_("sft.num_examples", low=1, required=used)
-  seq = c.int_("sft.seq_len", low=2, required=used)
-  acc = c.num("sft.demo_accuracy", low=0.0, high=1.0, required=False)
-  task = _get(c.config, "data.task")
-  if (used and isinstance(acc, (int, float)) and acc < 1.0
-      and isinstance(task, str) and task in tasks.TASKS
-      and tasks.TASKS[task].mistake is None):
-    c.add("sft.demo_accuracy", f"{acc} < 1 needs a task with a typical "
-          f"mistake to demonstrate; data.task={task!r} has none (allowed: "
-          f"1.0, or a task among "
-          f"{sorted(k for k, t in tasks.TASKS.items() if t.mistake)})")
-  if used:
-    if context is not None and seq is not _MISSING and seq > context:
+  steps = _good(c, "sft.steps")
+  if _get(c.config, "model_path") == "" and _is_int(steps) and steps > 0:
+    task = _get(c.config, "data.task")
+    acc = _good(c, "sft.demo_accuracy")
+    if (checker.is_num(acc) and acc < 1.0 and isinstance(task, str)
+        and task in tasks.TASKS and tasks.TASKS[task].mistake is None):
+      c.add("sft.demo_accuracy", f"{acc} < 1 needs a task with a typical "
+            f"mistake to demonstrate; data.task={task!r} has none (allowed: "
+            f"1.0, or a task among "
+            f"{sorted(k for k, t in tasks.TASKS.items() if t.mistake)})")
+    seq = _good(c, "sft.seq_len")
+    if context is not None and _is_int(seq) and seq > context:
       c.add("sft.seq_len", f"{seq} exceeds the model's context of {context} "
             f"tokens; allowed: at most {context}")
-  new = _get(c.config, "rollout.max_new_tokens")
-  if (context is not None and max_prompt is not _MISSING and _is_int(new)
-      and new >= 1 and max_prompt + new > context):
-    c.add("data.max_prompt_length", f"data.max_prompt_length ({max_prompt}) "
-          f"+ rollout.max_new_tokens ({new}) = {max_prompt + new} exceeds the "
+  prompt = _good(c, "data.max_prompt_length")
+  new = _good(c, "rollout.max_new_tokens")
+  if context is not None and _is_int(prompt) and _is_int(new) and (
+      prompt + new > context):
+    c.add("data.max_prompt_length", f"data.max_prompt_length ({prompt}) "
+          f"+ rollout.max_new_tokens ({new}) = {prompt + new} exceeds the "
           f"model's context of {context} tokens; allowed: a sum of at most "
           f"{context}")
 
@@ -635,12 +366,13 @@ def validate_config(config, num_devices: int | None = None,
                     num_processes: int | None = None) -> checker.Checker:
   """Raises `ConfigError` listing every problem of an RL training config.
 
-  Checks types, ranges and allowed names of every field the trainer reads,
-  the entropy method's own fields, annealing schedules, the mesh against
-  the device count, batch divisibility (processes, data parallelism, mini-
-  and micro-batches), the reward spec, the data source (files exist), and
-  prompt + completion length against the context. Compiles nothing and
-  builds no model.
+  Reads every typed block (`config_blocks`: types, ranges, allowed names,
+  each entropy method's and policy loss's parameters, the anneal), then
+  checks what only the whole config can: the mesh against the device
+  count, batch divisibility (processes, data parallelism, mini- and
+  micro-batches), the reward spec, the data source (files exist, the
+  task's knobs), the checkpoint folder, and prompt + completion length
+  against the context. Compiles nothing and builds no model.
 
   Args:
     config: the `ml_collections.ConfigDict` of `configs/grpo_*.py`.
@@ -668,17 +400,16 @@ def _run_checks(c: _Checker, num_devices: int, num_processes: int):
   sizes = _check_mesh(c, num_devices)
   dp = _data_parallel_size(c, sizes or {})
   dp = dp if sizes is not None else None
+  config_blocks.read(c)
   context = _check_model(c)
-  max_prompt = _check_data(c)
-  _check_entropy(c)
-  _check_loss_and_rl(c)
+  _check_data(c)
+  _check_reward(c)
   _check_critic(c)
   _check_lora(c)
   _check_batches(c, dp, num_processes)
-  _check_distributed(c)
-  _check_wandb(c)
-  model_path = _get(c.config, "model_path")
-  _check_rest(c, context, max_prompt, sft_on=not model_path)
+  if _get(c.config, "wandb") is not _MISSING:
+    _check_wandb(c)
+  _check_rest(c, context)
   _check_sweep(c, num_processes)
 
 
@@ -739,13 +470,15 @@ def _readers(config, field: str) -> tuple[str, bool] | None:
             f"{'|'.join(ANNEALED_METHODS)}",
             method in ANNEALED_METHODS and get("entropy.anneal") in kinds)
   loss = get("loss.policy_loss")
-  if field in ("loss.clip_eps_low", "loss.clip_eps_high"):
-    return ("loss.policy_loss=ppo_clip or entropy.method=clip_cov",
-            loss == "ppo_clip" or method == "clip_cov")
-  if field == "loss.clip_ratio_c":
-    return "loss.policy_loss=ppo_clip", loss == "ppo_clip"
-  if field in ("loss.gspo_eps_low", "loss.gspo_eps_high"):
-    return "loss.policy_loss=gspo", loss == "gspo"
+  losses = registry.POLICY_LOSSES
+  users = tuple(n for n in losses.in_order()
+                if block == "loss" and name in losses.params(n).keys())
+  if users:
+    # Clip-Cov clips with the PPO range whichever policy loss runs.
+    clip_cov = name in ("clip_eps_low", "clip_eps_high")
+    return ("loss.policy_loss in " + "|".join(users) +
+            (" or entropy.method=clip_cov" if clip_cov else ""),
+            loss in users or (clip_cov and method == "clip_cov"))
   if field == "loss.kl_kind":
     return "loss.kl_coef > 0", _positive(get("loss.kl_coef"))
   if field == "loss.kl_in_reward_kind":

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import ml_collections
 
 from configs import grpo_tiny
-from jaxrl_ent.train import checker
+from jaxrl_ent import checker
 from jaxrl_ent.train import validate
 
 # (leaf, kind) -> why the value is a valid setting (README failure table).
