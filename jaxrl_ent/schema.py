@@ -234,6 +234,26 @@ def _read(c: checker.Checker, field: str, rule: Rule, required: bool):
   raise ValueError(f"unknown rule kind {rule.kind!r} for {field}")
 
 
+def check_entries(c: checker.Checker, prefix: str, reg: "Registry",
+                  selected: str | None):
+  """Checks the parameters of every entry of `reg` that reads fields at
+  `prefix` (a field two entries share is checked once, by the selected
+  entry's rule when it reads it); only the selected entry's are required.
+  Returns the selected entry's typed parameters (None if bad or none)."""
+  chosen, seen = None, set()
+  order = ((selected,) if selected in reg else ()) + tuple(
+      n for n in reg.in_order() if n != selected)
+  for name in order:
+    cls = reg.params(name)
+    if cls is None:
+      continue
+    block = cls.check(c, prefix, required=name == selected, skip=seen)
+    seen |= set(cls.keys())
+    if name == selected:
+      chosen = block
+  return chosen
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """A registered callable and the `Block` class of what it reads."""

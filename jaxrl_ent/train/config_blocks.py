@@ -162,15 +162,7 @@ def check_entropy(c: checker.Checker, prefix: str = "entropy"):
   method = c.str_(f"{prefix}.method", choices=methods.NAMES)
   kind = c.str_(f"{prefix}.anneal", choices=methods.ANNEALS, required=False)
   selected = method if isinstance(method, str) else None
-  params, seen = None, set()
-  order = ((selected,) if selected else ()) + tuple(
-      m for m in methods.NAMES if m != selected)
-  for name in order:
-    cls = methods.METHODS.params(name)
-    block = cls.check(c, prefix, required=name == selected, skip=seen)
-    seen |= set(cls.keys())
-    if name == selected:
-      params = block
+  params = schema.check_entries(c, prefix, methods.METHODS, selected)
   annealing = selected in methods.ANNEALED
   kind = "constant" if kind is MISSING else kind
   timed = annealing and kind in ("linear", "cosine")
@@ -211,16 +203,7 @@ def check_policy_loss(c: checker.Checker, prefix: str = "loss"):
   parameter block, or None."""
   name = checker.get(c.config, f"{prefix}.policy_loss")
   selected = name if name in registry.POLICY_LOSSES else None
-  chosen, seen = None, set()
-  order = ((selected,) if selected else ()) + tuple(
-      n for n in registry.POLICY_LOSSES.in_order() if n != selected)
-  for n in order:
-    cls = registry.POLICY_LOSSES.params(n)
-    block = cls.check(c, prefix, required=n == selected, skip=seen)
-    seen |= set(cls.keys())
-    if n == selected:
-      chosen = block
-  return chosen
+  return schema.check_entries(c, prefix, registry.POLICY_LOSSES, selected)
 
 
 @dataclasses.dataclass(frozen=True)
