@@ -533,10 +533,14 @@ class DecoderLM(nnx.Module):
       spec = getattr(self.layers, "lora", None)
       stacked = lora_lib.stacked_inputs(self.layers, layer_param_names(cfg),
                                         cfg.dtype)
-      per_layer = tuple(
-          lora_lib.layer_weights(spec, {n: w[i] for n, w in stacked.items()},
-                                 cfg.dtype)
-          for i in range(cfg.num_layers))
+      if spec is not None:
+        # One merge vmapped over the layer axis (as `lora.merged_weights`):
+        # unrolled, the dequantisation and A @ B of every layer were L
+        # copies of the same subgraph in the rollout program.
+        stacked = jax.vmap(
+            lambda raw: lora_lib.layer_weights(spec, raw, cfg.dtype))(stacked)
+      per_layer = tuple({n: w[i] for n, w in stacked.items()}
+                        for i in range(cfg.num_layers))
       if fuse:
         per_layer = tuple(_fuse_layer(p) for p in per_layer)
     weights = DecodeWeights(cfg=cfg, layers=per_layer, embed=self.embed[...],

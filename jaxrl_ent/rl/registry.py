@@ -51,6 +51,16 @@ class GSPOParams(schema.Block):
 
 
 @dataclasses.dataclass(frozen=True)
+class GAEParams(schema.Block):
+  """`gae`: the discount and the GAE λ (`advantage.gamma`, `advantage.lam`;
+  verl `algorithm.gamma/lam`)."""
+  gamma: float = schema.num(1.0, low=0.0, high=1.0, required=False,
+                            hparam=True)
+  lam: float = schema.num(1.0, low=0.0, high=1.0, required=False,
+                          hparam=True)
+
+
+@dataclasses.dataclass(frozen=True)
 class NoParams(schema.Block):
   """An entry that reads no config field."""
 
@@ -63,7 +73,8 @@ ADVANTAGE_ESTIMATORS.register("batch_norm",
                               advantages.batch_normalized_advantages)
 # Needs `values_bt=` from a critic (`rl.critic`); `rl.update` trains one
 # whenever the estimator is in CRITIC_ESTIMATORS.
-ADVANTAGE_ESTIMATORS.register("gae", advantages.gae_outcome_advantages)
+ADVANTAGE_ESTIMATORS.register("gae", advantages.gae_outcome_advantages,
+                              params=GAEParams)
 CRITIC_ESTIMATORS = frozenset({"gae"})
 
 POLICY_LOSSES = Registry("policy loss")

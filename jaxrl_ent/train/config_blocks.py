@@ -235,10 +235,9 @@ class Reward(schema.Block):
 
 @dataclasses.dataclass(frozen=True)
 class Advantage(schema.Block):
-  """`advantage`: the estimator; GAE's γ and λ."""
+  """`advantage`: the estimator (its parameters, e.g. GAE's γ and λ, are
+  its class in `registry.ADVANTAGE_ESTIMATORS`)."""
   estimator: str = schema.registry(registry.ADVANTAGE_ESTIMATORS)
-  gamma: float = _opt(schema.num, 1.0, low=0.0, high=1.0, hparam=True)
-  lam: float = _opt(schema.num, 1.0, low=0.0, high=1.0, hparam=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,6 +411,7 @@ class Run:
   rollout: Rollout
   reward: Reward
   advantage: Advantage
+  estimator: schema.Block | None  # The estimator's parameters, if any.
   optim: Optim
   critic: Critic | None
   lora: Lora | None
@@ -440,8 +440,11 @@ def read(c: checker.Checker) -> dict[str, Any]:
   rollout = Rollout.check(c, "rollout")
   reward = Reward.check(c, "reward")
   advantage = Advantage.check(c, "advantage")
-  optim = Optim.check(c, "optim")
   estimator = get("advantage.estimator")
+  estimator_params = schema.check_entries(
+      c, "advantage", registry.ADVANTAGE_ESTIMATORS,
+      estimator if estimator in registry.ADVANTAGE_ESTIMATORS else None)
+  optim = Optim.check(c, "optim")
   critic_used = (isinstance(estimator, str) and
                  estimator in registry.CRITIC_ESTIMATORS)
   critic = (Critic.check(c, "critic", required=critic_used)
@@ -460,8 +463,9 @@ def read(c: checker.Checker) -> dict[str, Any]:
       "steps": {"required": True}})
   out = dict(top=top, model=model, data=data, entropy=entropy, loss=loss,
              policy_loss=policy_loss, rollout=rollout, reward=reward,
-             advantage=advantage, optim=optim, critic=critic, lora=lora,
-             train=train, checkpoint=checkpoint, eval=eval_, sft=sft)
+             advantage=advantage, estimator=estimator_params, optim=optim,
+             critic=critic, lora=lora, train=train, checkpoint=checkpoint,
+             eval=eval_, sft=sft)
   if get("distributed") is not MISSING:
     out["distributed"] = Distributed.check(c, "distributed", required=False)
   if get("wandb") is not MISSING:
@@ -481,7 +485,7 @@ def parse(config) -> Run:
   blocks = read(c)
   run_fields = {f.name for f in dataclasses.fields(Run)}
   needed = {k: v for k, v in blocks.items() if k in run_fields}
-  optional = ("critic", "lora")
+  optional = ("critic", "lora", "estimator")
   if c.problems or any(v is None for k, v in needed.items()
                        if k not in optional):
     raise checker.ConfigError(c.problems or [

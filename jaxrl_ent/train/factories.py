@@ -179,7 +179,7 @@ def initial_hparams(config) -> dict[str, float]:
     out["loss.kl_in_reward_coef"] = lc.kl_in_reward_coef
   out.update(_entropy_hparams(run.entropy, spec.controller))
   if spec.critic is not None:
-    cc, adv = run.critic, run.advantage
+    cc, adv = run.critic, run.estimator
     out.update({"advantage.gamma": adv.gamma, "advantage.lam": adv.lam,
                 "critic.lr": cc.lr, "critic.cliprange_value":
                 cc.cliprange_value, "critic.weight_decay": cc.weight_decay})

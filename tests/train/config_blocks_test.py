@@ -110,6 +110,9 @@ class RegistryTest(absltest.TestCase):
     self.assertEqual(registry.POLICY_LOSSES.params("gspo").keys(),
                      ("gspo_eps_low", "gspo_eps_high"))
     self.assertEqual(registry.POLICY_LOSSES.params("reinforce").keys(), ())
+    self.assertEqual(registry.ADVANTAGE_ESTIMATORS.params("gae").keys(),
+                     ("gamma", "lam"))
+    self.assertIsNone(registry.ADVANTAGE_ESTIMATORS.params("grpo"))
 
 
 class ParseTest(absltest.TestCase):
@@ -125,6 +128,21 @@ class ParseTest(absltest.TestCase):
     run = config_blocks.parse(grpo_tiny.get_config("entropy=aent"))
     self.assertEqual((run.entropy.params.h_low, run.entropy.params.coef_max),
                      (0.2, 3e-3))
+
+  def test_estimator_parameters_are_read_and_checked_when_unused(self):
+    config = grpo_tiny.get_config("algo=ppo")
+    config.advantage.lam = 0.95
+    self.assertEqual(config_blocks.parse(config).estimator,
+                     registry.GAEParams(gamma=1.0, lam=0.95))
+    self.assertEqual(factories.initial_hparams(config)["advantage.lam"],
+                     0.95)
+    config = grpo_tiny.get_config()  # grpo: no estimator parameters.
+    self.assertIsNone(config_blocks.parse(config).estimator)
+    config.advantage.gamma = 1.5
+    with self.assertRaises(checker.ConfigError) as ctx:
+      config_blocks.parse(config)
+    self.assertEqual([f for f, _ in ctx.exception.problems],
+                     ["advantage.gamma"])
 
   def test_no_loss_temperature_the_loss_follows_the_sampler(self):
     config = grpo_tiny.get_config()
