@@ -150,6 +150,12 @@ class Checker:
             " or a schedule `count -> value`" if allow_schedule else "")
     if allow_schedule and callable(v):
       return self._schedule(field, v, low, high, low_open, high_open)
+    if callable(v):
+      self.add(field, f"got the callable {_short(v)}; allowed: {allowed} "
+               "(a value, not a schedule: coefficients are float32 "
+               "hyperparameters of the compiled update, varied over training "
+               "by the config's schedule fields such as entropy.anneal)")
+      return MISSING
     if not is_num(v) or not math.isfinite(float(v)):
       self.add(field, f"got {_short(v)}; allowed: {allowed}{why}")
       return MISSING

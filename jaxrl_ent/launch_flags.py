@@ -105,8 +105,18 @@ def _children(node):
   return sorted(node.keys()) if hasattr(node, "keys") else []
 
 
+# Fields that existed once, and where their value lives now.
+REMOVED = {
+    "loss.temperature": "the loss scores tokens at the sampling temperature; "
+                        "set --{name}.rollout.temperature",
+}
+
+
 def unknown_key_message(config, name: str, path: str) -> str | None:
   """None if `path` names a field of `config`, else the one-line answer."""
+  if path in REMOVED and path not in _paths(config):
+    return (f"--{name}.{path} was removed: "
+            f"{REMOVED[path].format(name=name)}")
   node, parts = config, path.split(".")
   for k, part in enumerate(parts):
     parent = ".".join(parts[:k])

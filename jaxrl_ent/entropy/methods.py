@@ -31,14 +31,10 @@ ADAPTIVE_MEASURES = ("old_logp", "entropy")
 STEER_MODES = ("exponential", "linear")
 STEER_SCORES = ("reference", "exact")
 
-_NUMBER_ONLY = (" (a coefficient is a float32 hyperparameter of the update; "
-                "vary it over training with entropy.anneal)")
-
-
 def coefficient(default, **kw):
-  """A sweepable float coefficient of a method (an hparam)."""
-  return schema.num(default, hparam=True, why=kw.pop("why", _NUMBER_ONLY),
-                    **kw)
+  """A sweepable float coefficient of a method (an hparam; a number, never
+  a schedule: `entropy.anneal` varies it over training)."""
+  return schema.num(default, hparam=True, **kw)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,7 @@ class ExplainTest(parameterized.TestCase):
       ("no_match", "no_such_field_xyz", "fields of the config: advantage,"),
       ("no_match_in_block", "optim.zzzzzz", "fields of block 'optim': b1,"),
       ("below_a_leaf", "entropy.coef.x", "entropy.coef is a float value"),
+      ("removed", "loss.temperature", "set --config.rollout.temperature"),
   )
   def test_unknown_key(self, path, fragment):
     msg = launch_flags.unknown_key_message(grpo_tiny.get_config(), "config",

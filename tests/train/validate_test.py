@@ -126,9 +126,9 @@ BAD_CONFIGS = (
     # Coefficients are float32 hparams of the jitted update (swept by
     # replicas): a schedule callable in a config is refused, by name.
     ("schedule_refused", _method("entropy_bonus", coef=_vector_schedule),
-     "entropy.coef", "vary it over training with entropy.anneal", 1),
+     "entropy.coef", "a value, not a schedule", 1),
     ("schedule_refused_kl_cov", _method("kl_cov", ratio=lambda n: 0.1),
-     "entropy.ratio", "fraction of tokens penalised", 1),
+     "entropy.ratio", "such as entropy.anneal", 1),
     ("lr_schedule", _set("optim.schedule", "step"), "optim.schedule",
      "'cosine'", 1),
     ("adaptive_rule", _method("adaptive_entropy", rule="pid"),
