@@ -24,7 +24,7 @@ import os
 import pathlib
 import struct
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,18 +87,12 @@ def _to_hf(name: str, ours: np.ndarray) -> np.ndarray:
 
 
 def _hf_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-  """`_to_hf(name, x).shape` for `x` of `shape`, by arithmetic: config.json
-  sizes are not trusted yet, so nothing of that shape is allocated."""
-  shape = tuple(shape)
-  if name in ("q_w", "k_w", "v_w"):
-    return (math.prod(shape[1:]), shape[0])
-  if name == "o_w":
-    return (shape[-1], math.prod(shape[:-1]))
-  if name in ("gate_w", "up_w", "down_w"):
-    return shape[::-1]
-  if name in ("q_b", "k_b", "v_b"):
-    return (math.prod(shape),)
-  return shape
+  """`_to_hf(name, x).shape` for `x` of `shape`, traced abstractly: the
+  config.json sizes are not trusted yet, so nothing of that shape is
+  allocated, and the layout has one definition (`_to_hf`)."""
+  out = jax.eval_shape(lambda x: _to_hf(name, x),
+                       jax.ShapeDtypeStruct(tuple(shape), jnp.int8))
+  return tuple(out.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -254,7 +248,8 @@ def _expected_tensors(cfg: config_lib.ModelConfig, abs_state):
     shape = var.get_value().shape
     if path[0] == "layers":
       name = path[1]
-      per = [(_layer_hf_name(name, i), _hf_shape(name, shape[1:]))
+      hf_shape = _hf_shape(name, shape[1:])
+      per = [(_layer_hf_name(name, i), hf_shape)
              for i in range(cfg.num_layers)]
       out[path] = per
     elif path == ("embed",):
