@@ -8,6 +8,7 @@ import numpy as np
 
 from jaxrl_ent.analysis import entropy_law
 from jaxrl_ent.analysis import runs as runs_lib
+from jaxrl_ent.analysis import stats
 
 FIT_SOURCES = ("train", "val")
 
@@ -183,11 +184,35 @@ def markdown_table(summaries: Sequence[RunSummary]) -> str:
     lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
   out = "\n".join(lines) + "\n"
   out += "\n" + fit_caption(summaries) + "\n"
+  pooled = pooled_correlations(summaries)
+  if pooled:
+    out += "\n" + pooled + "\n"
   notes = [f"- {s.name}: no fit ({s.fit.reason})"
            for s in summaries if not s.fit.ok]
   if notes:
     out += "\n" + "\n".join(notes) + "\n"
   return out
+
+
+def pooled_correlations(summaries: Sequence[RunSummary]) -> str:
+  """One line per ΔH prediction that two or more runs measured: the per-run
+  correlations with the measured ΔH pooled by Fisher's z (`stats`)."""
+  parts = []
+  for label, r_attr, n_attr in (("tabular", "dh_corr", "dh_n"),
+                                ("exact", "exact_corr", "exact_n"),
+                                ("trapezoid", "trapezoid_corr",
+                                 "trapezoid_n")):
+    runs = [(getattr(s, r_attr), getattr(s, n_attr)) for s in summaries
+            if getattr(s, n_attr) > 3 and math.isfinite(getattr(s, r_attr))]
+    if len(runs) < 2:
+      continue
+    p = stats.fisher_z_mean(*zip(*runs))
+    parts.append(f"{label} {fmt(p.r, 3)} (95 % CI {fmt(p.ci[0], 3)}–"
+                 f"{fmt(p.ci[1], 3)}; {p.num_runs} runs, {p.num_pairs} steps)")
+  if not parts:
+    return ""
+  return ("Per-run corr(predicted ΔH, measured ΔH) pooled by Fisher's z "
+          "(weights n − 3): " + "; ".join(parts) + ".")
 
 
 def fit_caption(summaries: Sequence[RunSummary]) -> str:

@@ -6,6 +6,7 @@ improvement by counting pairs, the Wilcoxon p-value by enumerating signs."""
 from fractions import Fraction
 import itertools
 import math
+import types
 from unittest import mock
 
 from absl.testing import absltest
@@ -370,6 +371,59 @@ class VerdictTest(parameterized.TestCase):
   def test_bad_input(self, ci, direction, message):
     with self.assertRaisesRegex(ValueError, message):
       stats.verdict(ci, direction)
+
+
+class FisherZTest(absltest.TestCase):
+
+  def test_hand_values(self):
+    # Two runs: r = 0.6 (n = 13, weight 10) and r = 0.8 (n = 23, weight 20).
+    z = (10 * math.atanh(0.6) + 20 * math.atanh(0.8)) / 30
+    half = 1.959963984540054 / math.sqrt(30)
+    p = stats.fisher_z_mean([0.6, 0.8], [13, 23])
+    self.assertAlmostEqual(p.r, math.tanh(z), places=12)
+    self.assertAlmostEqual(p.ci[0], math.tanh(z - half), places=9)
+    self.assertAlmostEqual(p.ci[1], math.tanh(z + half), places=9)
+    self.assertEqual((p.num_runs, p.num_pairs), (2, 36))
+    # Pooling is not the plain mean of r (0.7): z weights the larger r.
+    self.assertGreater(p.r, 0.7)
+
+  def test_one_run_is_itself_and_short_runs_are_dropped(self):
+    p = stats.fisher_z_mean([0.5, -0.9], [50, 3])
+    self.assertAlmostEqual(p.r, 0.5, places=12)
+    self.assertEqual(p.num_runs, 1)
+    self.assertTrue(math.isnan(stats.fisher_z_mean([0.5], [2]).r))
+
+  def test_covers_the_true_correlation_about_95_percent(self):
+    rng = np.random.default_rng(0)
+    rho, cover = 0.7, 0
+    cov = [[1.0, rho], [rho, 1.0]]
+    for _ in range(400):
+      rs, ns = [], []
+      for n in (20, 40, 60):
+        x = rng.multivariate_normal([0, 0], cov, size=n)
+        rs.append(np.corrcoef(x[:, 0], x[:, 1])[0, 1])
+        ns.append(n)
+      lo, hi = stats.fisher_z_mean(rs, ns).ci
+      cover += lo <= rho <= hi
+    self.assertBetween(cover / 400, 0.91, 0.99)
+
+  def test_the_analysis_table_states_the_pooled_value(self):
+    from jaxrl_ent.analysis import report  # pylint: disable=g-import-not-at-top
+    run = lambda r, n: types.SimpleNamespace(
+        dh_corr=0.1, dh_n=2, exact_corr=r, exact_n=n,
+        trapezoid_corr=math.nan, trapezoid_n=0)
+    line = report.pooled_correlations([run(0.6, 13), run(0.8, 23)])
+    want = stats.fisher_z_mean([0.6, 0.8], [13, 23])
+    self.assertIn(f"exact {report.fmt(want.r, 3)} (95 % CI", line)
+    self.assertIn("2 runs, 36 steps", line)
+    self.assertNotIn("tabular", line)  # n = 2 runs carry no weight.
+    self.assertEqual(report.pooled_correlations([run(0.6, 13)]), "")
+
+  def test_arguments_checked(self):
+    with self.assertRaisesRegex(ValueError, "2 correlations but 1"):
+      stats.fisher_z_mean([0.1, 0.2], [10])
+    with self.assertRaisesRegex(ValueError, r"in \[-1, 1\]"):
+      stats.fisher_z_mean([1.5], [10])
 
 
 if __name__ == "__main__":
