@@ -1,6 +1,7 @@
 """Field-by-field checks of a ConfigDict, collected as `(field, message)`.
 
-`Checker` is the small vocabulary `validate.py` is written in: typed reads
+`Checker` is the small vocabulary the typed config blocks (`schema.Block`)
+and `train/validate.py` read a config with: typed reads
 (`int_`, `num`, `str_`, `bool_`, `registry`) that record a problem naming
 the dotted field, the bad value and what is allowed, and remember every
 field they looked at, so `unchecked_fields` can list the leaves of a config
@@ -138,18 +139,13 @@ class Checker:
     return int(v)
 
   def num(self, field, *, low=None, high=None, low_open=False,
-          high_open=False, required=True, allow_none=False,
-          allow_schedule=False, why=""):
-    """A finite number in the interval (or a schedule, when allowed)."""
+          high_open=False, required=True, allow_none=False, why=""):
+    """A finite number in the interval."""
     v = self.value(field, required=required)
     if v is MISSING or (allow_none and v is None):
       return v
     rng = interval(low, high, low_open, high_open)
-    allowed = f"a finite number in {rng}" + (
-        " or None" if allow_none else "") + (
-            " or a schedule `count -> value`" if allow_schedule else "")
-    if allow_schedule and callable(v):
-      return self._schedule(field, v, low, high, low_open, high_open)
+    allowed = f"a finite number in {rng}" + (" or None" if allow_none else "")
     if callable(v):
       self.add(field, f"got the callable {_short(v)}; allowed: {allowed} "
                "(a value, not a schedule: coefficients are float32 "
@@ -167,32 +163,6 @@ class Checker:
       return MISSING
     return v
 
-  def _schedule(self, field, fn, low, high, low_open, high_open):
-    # A schedule is evaluated by the controller at its int32 step count
-    # inside jit; a callable that fails or gives a non-scalar there would
-    # only surface at the first compile, so probe it here on the host.
-    rng = interval(low, high, low_open, high_open)
-    try:
-      values = [np.asarray(fn(np.int32(c)), np.float64) for c in (0, 1, 100)]
-    except Exception as e:  # pylint: disable=broad-except
-      self.add(field, f"the schedule {fn!r} fails at count 0 "
-               f"({type(e).__name__}: {e}); allowed: a schedule "
-               "`count -> scalar`, e.g. from jaxrl_ent.entropy.schedules")
-      return MISSING
-    if any(v.shape != () for v in values):
-      self.add(field, f"the schedule {fn!r} returns shape "
-               f"{values[0].shape}; allowed: a scalar per count")
-      return MISSING
-    for v in values:
-      v = float(v)
-      if not math.isfinite(v) or (low is not None and (
-          v <= low if low_open else v < low)) or (high is not None and (
-              v >= high if high_open else v > high)):
-        self.add(field, f"the schedule {fn!r} gives {v:g}; allowed: values "
-                 f"in {rng}")
-        return MISSING
-    return fn
-
   def registry(self, field, registry_, required=True):
     v = self.value(field, required=required)
     if v is MISSING:
@@ -201,15 +171,6 @@ class Checker:
       self.add(field, f"got {_short(v)}; allowed: {registry_.names()}")
       return MISSING
     return v
-
-  def ordered(self, low_field, high_field, required=True):
-    """Two non-negative numbers with `low_field <= high_field`."""
-    lo = self.num(low_field, low=0.0, required=required)
-    hi = self.num(high_field, low=0.0, required=required)
-    if MISSING not in (lo, hi) and lo is not None and hi is not None and (
-        lo > hi):
-      self.add(low_field, f"{lo:g} > {high_field}={hi:g}; allowed: "
-               f"{low_field} <= {high_field}")
 
   def mark(self, *fields):
     """Records fields checked by hand (without the typed readers)."""

@@ -8,9 +8,11 @@ value, adds the block's cross-field rules (`problems`), and returns the
 typed instance, so the rules of a field are written once, beside the field,
 and the factories read typed values instead of `cfg.get(name, default)`.
 
-`Registry` is the one name → entry style of the project: entropy methods,
-advantage estimators, policy losses and rewards register a callable, and
-optionally the `Block` class of the parameters that entry reads.
+`Registry` is the name → entry style of the config's choices: entropy
+methods, advantage estimators, policy losses, KL kinds and aggregation
+modes register a callable and, when the entry reads config fields, the
+`Block` class of those parameters. (Rewards keep their own dict registry,
+`rewards.registry.REWARDS`: they read no config fields.)
 
 The blocks of an RL config live in `train/config_blocks.py`; the parameter
 classes of the entropy methods in `entropy/methods.py`, of the policy losses
@@ -39,7 +41,6 @@ class Rule:
       for lists owned by modules imported late); for "registry", the
       `Registry`.
     allow_none: None is a valid value (e.g. "no bound").
-    allow_schedule: a callable `count -> value` is a valid value.
     nonempty: the empty string is refused.
     required: a missing field is a problem (when the block is in use).
     hparam: a float coefficient the jitted update reads from
@@ -57,7 +58,6 @@ class Rule:
   high_open: bool = False
   choices: Any = None
   allow_none: bool = False
-  allow_schedule: bool = False
   nonempty: bool = False
   required: bool = True
   hparam: bool = False
@@ -217,8 +217,7 @@ def _read(c: checker.Checker, field: str, rule: Rule, required: bool):
   if rule.kind == "num":
     return c.num(field, low=rule.low, high=rule.high, low_open=rule.low_open,
                  high_open=rule.high_open, required=required,
-                 allow_none=rule.allow_none,
-                 allow_schedule=rule.allow_schedule, why=rule.why)
+                 allow_none=rule.allow_none, why=rule.why)
   if rule.kind == "int":
     return c.int_(field, low=rule.low, high=rule.high, required=required,
                   allow_none=rule.allow_none, why=rule.why)

@@ -164,17 +164,13 @@ class Anneal(schema.Block):
              "cosine": ("anneal_steps", "anneal_end"),
              "inverse_power": ("anneal_tau", "anneal_power")}
 
-  def hparam_keys_used(self) -> tuple[str, ...]:
-    """The anneal's coefficients the update reads (anneal_steps is a
-    schedule length: structure, not an hparam)."""
-    return tuple(k for k in self.READERS[self.anneal] if k != "anneal_steps")
-
 
 # ---------------------------------------------------------------- stages
-# Each: (p, structure, coef) -> stages, where `p` is the parameter block
-# with traced values for the coefficients, `structure` the
+# Each: (p, spec, coef, hp) -> stages, where `p` is the parameter block
+# with traced values for the coefficients, `spec` the
 # `hparams.ControllerSpec` (static strings), `coef(name)` the annealed
-# coefficient named `name` (identity for a method that is not annealed).
+# coefficient named `name` (identity for a method that is not annealed) and
+# `hp` all the hparams (Clip-Cov reads the PPO clip range there).
 
 
 def _none(p, spec, coef, hp):

@@ -41,7 +41,10 @@ OPTIMIZERS = ("adamw", "sgd")
 ENTROPY_HPARAMS = {m: methods.hparam_keys(m) for m in ENTROPY_METHODS}
 # The coefficient an anneal schedule multiplies, per method.
 ANNEALED = methods.ANNEALED
-ANNEAL_HPARAMS = {kind: tuple(k for k in keys if k != "anneal_steps")
+# The anneal's coefficients per kind (`anneal_steps`, a schedule length, is
+# structure: not an hparam).
+ANNEAL_HPARAMS = {kind: tuple(k for k in keys
+                              if k in methods.Anneal.hparam_keys())
                   for kind, keys in methods.Anneal.READERS.items()}
 
 

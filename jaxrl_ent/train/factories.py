@@ -13,6 +13,7 @@ import ml_collections
 
 from jaxrl_ent import checker
 from jaxrl_ent import schema
+from jaxrl_ent.entropy import methods
 from jaxrl_ent.rl import critic as critic_lib
 from jaxrl_ent.rl import hparams as hparams_lib
 from jaxrl_ent.rl import registry
@@ -42,14 +43,13 @@ def controller_spec(entropy: config_blocks.Entropy, *,
                     track: bool = True) -> hparams_lib.ControllerSpec:
   """The typed entropy block → the static structure of its controller
   chain (the method's string fields are structure: a jit key)."""
-  p = entropy.params
+  # A method's structural fields (`methods.STRUCTURAL`) come from its
+  # parameters; the ones it does not have keep ControllerSpec's defaults.
+  structure = {k: getattr(entropy.params, k) for k in methods.STRUCTURAL
+               if hasattr(entropy.params, k)}
   return hparams_lib.ControllerSpec(
       method=entropy.method, anneal=entropy.anneal.anneal,
-      anneal_steps=entropy.anneal.anneal_steps,
-      rule=getattr(p, "rule", "bang_bang"),
-      measure=getattr(p, "measure", "old_logp"),
-      steer_mode=getattr(p, "steer_mode", "exponential"),
-      steer_score=getattr(p, "steer_score", "reference"), track=track)
+      anneal_steps=entropy.anneal.anneal_steps, track=track, **structure)
 
 
 def _entropy_hparams(entropy: config_blocks.Entropy, spec) -> dict:
