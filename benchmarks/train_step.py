@@ -166,7 +166,7 @@ def build_pair(dims, *, max_len, dtype, remat, device):
     ref = tiny_hf.write_checkpoint(d, "qwen2", tie=tie,
                                    max_position_embeddings=max_len, **dims)
     model = models.from_pretrained(d, dtype=jdtype, param_dtype=jdtype,
-                                   remat=remat)
+                                   options={"remat": remat})
   ref = ref.to(device=device, dtype=tdtype)
   if remat:
     ref.gradient_checkpointing_enable(

@@ -134,7 +134,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
       num_kv_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-      dtype="float32", remat=False))
+      dtype="float32", remat=False,
+      # How it runs (any model, also a checkpoint's): remat_policy "" = from
+      # `remat`; attention "auto" = splash on TPU, cuDNN on GPU, blockwise
+      # XLA elsewhere; layers per scan iteration.
+      remat_policy="", attention_impl="auto", scan_unroll=1))
 
   c.data = ml_collections.ConfigDict(dict(
       task="digits", task_kwargs={"min_len": 3, "max_len": 4,

@@ -225,7 +225,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.topology = job["topology"]
   c.model = ml_collections.ConfigDict(dict(
       MODELS[job["model"]], dtype="bfloat16", param_dtype="bfloat16",
-      remat=job["remat"]))
+      remat=job["remat"], remat_policy="", attention_impl="auto",
+      scan_unroll=1))
   c.mesh = ml_collections.ConfigDict(job["mesh"])
   c.sharding = ml_collections.ConfigDict({"rules": job.get("rules", {})})
   c.entropy = grpo_tiny.entropy_config("none")

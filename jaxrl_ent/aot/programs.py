@@ -49,6 +49,7 @@ from jaxrl_ent.rl import train_step as ts
 from jaxrl_ent.rl import update as update_lib
 from jaxrl_ent.rollout import sampler
 from jaxrl_ent.train import checkpoint
+from jaxrl_ent.train import config_blocks
 from jaxrl_ent.train import factories
 from jaxrl_ent.train import policy_setup
 
@@ -83,8 +84,7 @@ def model_config(config) -> config_lib.ModelConfig:
       qk_norm=m.get("qk_norm", m.model_type == "qwen3"),
       dtype=dtype, param_dtype=_DTYPES[m.get("param_dtype",
                                              m.get("dtype", "bfloat16"))],
-      remat=m.get("remat", False), remat_policy=m.get("remat_policy", None),
-      attention_impl=m.get("attention_impl", "auto"))
+      **config_blocks.model_options(config))
 
 
 @dataclasses.dataclass(frozen=True)

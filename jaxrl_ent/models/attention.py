@@ -154,13 +154,16 @@ def attention(q_btnh, k_btkh, v_btkh, segment_ids_bt, *, impl: str = "auto",
 def default_blocks(t: int) -> tuple[int, int]:
   """(query block, key chunk) for T tokens on XLA.
 
-  Query blocks of 512 rows and key chunks of 1024: each block pair's
-  [bq·G, bkv] scores stay a few MB, while the dots stay large enough for
-  XLA:CPU's matmul. Short sequences use one block.
+  256 × 256: measured on XLA:CPU (2 cores, H = 64, G = 2;
+  `benchmarks/long_context.py --speed`), fwd + bwd of one layer's attention
+  at T = 1024 / 4096 took 52 / 637 ms against 160 / 1070 ms with the former
+  512 × 1024 blocks: smaller blocks skip more of the causal triangle and
+  keep a block pair's scores ([bq·G, bkv] float32, 0.5 MB) in cache, while
+  the dots stay large enough for the matmul. Short sequences use one block.
   """
   t8 = -(-t // 8) * 8
-  bq = min(t8, 512)
-  return bq, min(-(-t8 // bq) * bq, 1024)
+  bq = min(t8, 256)
+  return bq, bq
 
 
 def _to_kernel_layout(q_btnh, k_btkh, v_btkh):

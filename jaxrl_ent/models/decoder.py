@@ -600,7 +600,8 @@ class DecoderLM(nnx.Module):
       return _finish_layer(cfg, p, x, attn), None
 
     layer = remat_layer(layer, cfg.effective_remat_policy)
-    x, _ = jax.lax.scan(layer, x, stacked)
+    x, _ = jax.lax.scan(layer, x, stacked,
+                        unroll=min(cfg.scan_unroll, cfg.num_layers))
     return layers.rms_norm(x, self.final_norm[...], cfg.rms_norm_eps), None
 
   def __call__(self, tokens_bt, positions_bt=None, attention_mask_bt=None,

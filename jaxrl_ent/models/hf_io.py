@@ -266,13 +266,13 @@ def _expected_tensors(cfg: config_lib.ModelConfig, abs_state):
 # ---------------------------------------------------------------------------
 
 def load_config(path: str | os.PathLike, *, dtype=jnp.float32,
-                param_dtype=None, remat: bool = False
-                ) -> config_lib.ModelConfig:
-  """Reads `config.json` with transformers' AutoConfig (local files only)."""
+                param_dtype=None, options=None) -> config_lib.ModelConfig:
+  """Reads `config.json` with transformers' AutoConfig (local files only);
+  `options` sets `config_lib.EXECUTION_FIELDS` (remat, attention, …)."""
   if storage.is_remote(path):
     with _staged(path) as local:
       return load_config(local, dtype=dtype, param_dtype=param_dtype,
-                         remat=remat)
+                         options=options)
   path = pathlib.Path(path)
   if not path.is_dir():
     raise CheckpointError(f"{path}: checkpoint folder does not exist.")
@@ -309,7 +309,7 @@ def load_config(path: str | os.PathLike, *, dtype=jnp.float32,
     raise CheckpointError(f"{path / 'config.json'}: {e}") from e
   try:
     return config_lib.from_hf_config(hf_config, dtype=dtype,
-                                     param_dtype=param_dtype, remat=remat)
+                                     param_dtype=param_dtype, options=options)
   except (ValueError, TypeError, ArithmeticError) as e:
     # TypeError/ArithmeticError: a field transformers lets through that the
     # mapping then computes with (heads, head_dim).
@@ -350,7 +350,7 @@ def init_sharded(cfg: config_lib.ModelConfig, mesh=None, *, seed: int = 0,
 
 def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
                     param_dtype=None, rules=sharding.DEFAULT_RULES,
-                    remat: bool = False,
+                    options=None,
                     max_replicated_fraction: float | None = None
                     ) -> decoder.DecoderLM:
   """Loads an HF checkpoint folder into a `DecoderLM`, sharded on `mesh`.
@@ -362,7 +362,8 @@ def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
     dtype: compute dtype of activations.
     param_dtype: storage dtype of parameters (default: `dtype`).
     rules: logical→mesh rules (see `sharding.DEFAULT_RULES`).
-    remat: rematerialise layers in the backward pass.
+    options: `config_lib.EXECUTION_FIELDS` values (remat policy, attention
+      kernel, scan unroll), e.g. `config_blocks.Model.options()`.
     max_replicated_fraction: if set, fail when more than this fraction of
       parameter bytes would be replicated on the mesh.
 
@@ -377,9 +378,10 @@ def from_pretrained(path: str | os.PathLike, mesh=None, *, dtype=jnp.float32,
     with _staged(path) as local:
       return from_pretrained(
           local, mesh, dtype=dtype, param_dtype=param_dtype, rules=rules,
-          remat=remat, max_replicated_fraction=max_replicated_fraction)
+          options=options, max_replicated_fraction=max_replicated_fraction)
   path = pathlib.Path(path)
-  cfg = load_config(path, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  cfg = load_config(path, dtype=dtype, param_dtype=param_dtype,
+                    options=options)
   table = _tensor_table(path)
   graphdef, abs_state = abstract_model(cfg)
   expected = _expected_tensors(cfg, abs_state)

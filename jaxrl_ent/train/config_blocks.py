@@ -63,6 +63,13 @@ class Model(schema.Block):
   decides when `model_path` is set), precision, remat."""
   dtype: str = _opt(schema.str_, "float32", choices=DTYPES)
   remat: bool = _opt(schema.bool_, False)
+  # How the model runs (`models.config.EXECUTION_FIELDS`), for the tiny
+  # model and a checkpoint alike.
+  remat_policy: str = _opt(schema.str_, "",
+                           choices=("",) + config_lib.REMAT_POLICIES)
+  attention_impl: str = _opt(schema.str_, "auto",
+                             choices=config_lib.ATTENTION_IMPLS)
+  scan_unroll: int = _opt(schema.int_, 1, low=1)
   hidden_size: int | None = schema.int_(None, low=1)
   intermediate_size: int | None = schema.int_(None, low=1)
   num_layers: int | None = schema.int_(None, low=1)
@@ -82,6 +89,12 @@ class Model(schema.Block):
 
   DIMS = ("hidden_size", "intermediate_size", "num_layers", "num_heads",
           "num_kv_heads", "max_position_embeddings")
+
+  def options(self) -> dict[str, Any]:
+    """The `ModelConfig` execution fields this block sets."""
+    return {"remat": self.remat, "remat_policy": self.remat_policy or None,
+            "attention_impl": self.attention_impl,
+            "scan_unroll": self.scan_unroll}
 
   def problems(self, prefix):
     out = []
@@ -492,3 +505,15 @@ def parse(config) -> Run:
         (k, "missing fields (the trainer reads this block)")
         for k, v in needed.items() if v is None and k not in optional])
   return Run(**needed)
+
+
+def model_options(config) -> dict[str, Any]:
+  """`config.model`'s execution options (`Model.options`), checked: the
+  one reader of remat, attention kernel and scan unroll for every place
+  that builds a `ModelConfig` (tiny model, checkpoint, export, AOT)."""
+  c = checker.Checker(config)
+  model = Model.check(c, "model", adjust={
+      d: {"required": False} for d in Model.DIMS})
+  if c.problems or model is None:
+    raise checker.ConfigError(c.problems or [("model", "not a block")])
+  return model.options()

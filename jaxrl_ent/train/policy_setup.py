@@ -23,6 +23,7 @@ from jaxrl_ent import storage
 from jaxrl_ent.models import lora as lora_lib
 from jaxrl_ent.models import tiny_hf
 from jaxrl_ent.rewards import tasks
+from jaxrl_ent.train import config_blocks
 from jaxrl_ent.train import distributed
 from jaxrl_ent.train import optim
 from jaxrl_ent.train import sft as sft_lib
@@ -56,7 +57,7 @@ def tiny_model_config(config, tokenizer) -> models.ModelConfig:
       num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
       qkv_bias=True, max_position_embeddings=m.max_position_embeddings,
       tie_word_embeddings=m.get("tie_word_embeddings", True), dtype=dtype,
-      param_dtype=dtype)
+      param_dtype=dtype, **config_blocks.model_options(config))
 
 
 def _require_task(config):
@@ -78,7 +79,7 @@ def initial_policy(config, mesh):
     tokenizer = models.load_tokenizer(config.model_path)
     policy = models.from_pretrained(
         config.model_path, mesh, dtype=dtype, rules=rules,
-        remat=config.model.get("remat", False))
+        options=config_blocks.model_options(config))
     return policy, tokenizer
   _require_task(config)
   tokenizer = build_tokenizer_for_task(config.data)
@@ -132,7 +133,9 @@ def _base_policy(config, mesh, workdir):
     cached = all(distributed.allgather_object(cached))
   if cached:
     _LOG.info("reusing the warm-started policy in %s", sft_dir)
-    return (models.from_pretrained(sft_dir, mesh, dtype=dtype, rules=rules),
+    return (models.from_pretrained(
+        sft_dir, mesh, dtype=dtype, rules=rules,
+        options=config_blocks.model_options(config)),
             models.load_tokenizer(sft_dir))
   policy, tokenizer = initial_policy(config, mesh)
   if config.sft.steps > 0:

@@ -28,6 +28,7 @@ from jaxrl_ent import sharding
 from jaxrl_ent import storage
 from jaxrl_ent.models import hf_io
 from jaxrl_ent.train import checkpoint
+from jaxrl_ent.train import config_blocks
 from jaxrl_ent.train import factories
 from jaxrl_ent.train import policy_setup
 from jaxrl_ent.train import evaluation
@@ -47,7 +48,7 @@ def model_config_and_tokenizer(config):
   dtype = _DTYPES[config.model.get("dtype", "float32")]
   if config.model_path:
     cfg = hf_io.load_config(config.model_path, dtype=dtype,
-                            remat=config.model.get("remat", False))
+                            options=config_blocks.model_options(config))
     return cfg, models.load_tokenizer(config.model_path)
   if not config.data.task:
     raise ValueError("config.model_path is empty and config.data.task is not "

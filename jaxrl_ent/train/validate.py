@@ -490,7 +490,8 @@ def _readers(config, field: str) -> tuple[str, bool] | None:
             isinstance(estimator, str) and registry.needs_critic(estimator)
             if estimator in registry.ADVANTAGE_ESTIMATORS else False)
   tiny = get("model_path") == ""
-  if block == "model" and name not in ("dtype", "remat"):
+  if block == "model" and name not in (
+      ("dtype",) + config_blocks.config_lib.EXECUTION_FIELDS):
     return "the tiny model (model_path='')", tiny
   if field == "data.tokenizer_vocab_size":
     return "the tiny model's tokenizer (model_path='')", tiny

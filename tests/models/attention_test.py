@@ -185,6 +185,26 @@ class ModelTest(parameterized.TestCase):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-4,
                                                          rtol=2e-4), ours, ref)
 
+  def test_scan_unroll_keeps_values_and_gradients(self):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    tokens, pos, mask = self._batch()
+
+    def value_and_grads(model):
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+      def loss(p):
+        h, _ = nnx.merge(graphdef, p, rest).hidden_states(tokens, pos, mask)
+        return jnp.sum(h * mask[..., None])
+      return jax.value_and_grad(loss)(params)
+    ref = value_and_grads(self._model())
+    self.assertEqual(self._model().cfg.num_layers, 2)
+    for unroll in (2, 5):  # every layer; more than the layers clips
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(
+          a, b, atol=1e-5, rtol=1e-5), value_and_grads(
+              self._model(scan_unroll=unroll)), ref)
+    with self.assertRaisesRegex(ValueError, "scan_unroll"):
+      self._model(scan_unroll=0)
+
   def test_legacy_remat_bool_maps_to_full(self):
     self.assertEqual(self._model(remat=True).cfg.effective_remat_policy,
                      "full")

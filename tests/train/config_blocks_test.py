@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import tempfile
 
 from absl.testing import absltest
 import ml_collections
@@ -9,6 +10,7 @@ import ml_collections
 from configs import grpo_tiny
 from jaxrl_ent import checker
 from jaxrl_ent import schema
+from jaxrl_ent.models import hf_io
 from jaxrl_ent.rl import registry
 from jaxrl_ent.train import config_blocks
 from jaxrl_ent.train import factories
@@ -128,6 +130,38 @@ class ParseTest(absltest.TestCase):
     run = config_blocks.parse(grpo_tiny.get_config("entropy=aent"))
     self.assertEqual((run.entropy.params.h_low, run.entropy.params.coef_max),
                      (0.2, 3e-3))
+
+  def test_model_execution_options_reach_every_model_config(self):
+    from jaxrl_ent.models import config as config_lib  # pylint: disable=g-import-not-at-top
+    from jaxrl_ent.models import tiny_hf  # pylint: disable=g-import-not-at-top
+    from jaxrl_ent.train import policy_setup  # pylint: disable=g-import-not-at-top
+    config = grpo_tiny.get_config()
+    self.assertEqual(config_blocks.model_options(config), {
+        "remat": False, "remat_policy": None, "attention_impl": "auto",
+        "scan_unroll": 1})
+    config.model.remat_policy = "save_names"
+    config.model.attention_impl = "xla_naive"
+    config.model.scan_unroll = 2
+    tok = tiny_hf.tiny_tokenizer(vocab_size=300)
+    cfg = policy_setup.tiny_model_config(config, tok)
+    self.assertEqual((cfg.effective_remat_policy, cfg.attention_impl,
+                      cfg.scan_unroll), ("save_names", "xla_naive", 2))
+    # A checkpoint's config.json takes them the same way.
+    with tempfile.TemporaryDirectory() as d:
+      tiny_hf.write_checkpoint(d, "qwen2", vocab_size=64, hidden_size=32,
+                               intermediate_size=48, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2)
+      cfg = hf_io.load_config(d, options=config_blocks.model_options(config))
+    self.assertEqual((cfg.remat_policy, cfg.attention_impl, cfg.scan_unroll),
+                     ("save_names", "xla_naive", 2))
+    with self.assertRaisesRegex(ValueError, "not execution options"):
+      config_lib.execution_options({"hidden_size": 3})
+    for field, bad in (("attention_impl", "flash"), ("scan_unroll", 0),
+                       ("remat_policy", "sometimes")):
+      config = grpo_tiny.get_config()
+      config.model[field] = bad
+      with self.assertRaisesRegex(checker.ConfigError, f"model.{field}"):
+        config_blocks.model_options(config)
 
   def test_estimator_parameters_are_read_and_checked_when_unused(self):
     config = grpo_tiny.get_config("algo=ppo")
