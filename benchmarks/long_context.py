@@ -13,7 +13,14 @@ r"""Long sequences: train-step memory vs length, and CPU speed vs PyTorch.
     prints `train step ours/torch at S=<S>: <x>x` (median over calls) and
     the cores other processes used meanwhile (/proc/stat; ~0 = quiet).
 
-  python benchmarks/long_context.py --memory --speed \
+(c) --packing: the train step (5M Qwen2, ours only) on a rollout-shaped
+    batch, R = 16 rows of S = 64 + C tokens, prompts of 16-64 tokens and
+    completion lengths geometric with mean C/8 capped at C (the long tail
+    of reasoning RL), unpacked vs packed (`train.pack_fraction` = the rows
+    first-fit needs / R, rows of S tokens). Prints the padding fraction
+    before/after and `packing at S=<S>: train step unpacked/packed = <x>x`.
+
+  python benchmarks/long_context.py --memory --speed --packing \
       --out=benchmarks/results/long_context.json
   python benchmarks/long_context.py --tiny   # seconds-long smoke run
 """
@@ -198,10 +205,104 @@ def speed(seq_lens, rows, rounds, size):
   return out
 
 
+def packing_speed(seq_lens, rows, rounds, size):
+  """Train step seconds, unpacked vs packed, alternating calls."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.models import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.models import decoder  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.models import packing  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
+  state_lib = _state_lib()
+  d = {**ts_bench.SIZES, **ts_bench.TINY}[size]
+  rng = np.random.default_rng(0)
+  out = []
+  for seq in seq_lens:
+    p = min(64, seq // 2)
+    c = seq - p
+    cfg = config_lib.ModelConfig(
+        model_type="qwen2", vocab_size=d["vocab_size"],
+        hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"],
+        num_layers=d["num_hidden_layers"],
+        num_heads=d["num_attention_heads"],
+        num_kv_heads=d["num_key_value_heads"],
+        head_dim=d["hidden_size"] // d["num_attention_heads"],
+        qkv_bias=True, max_position_embeddings=seq)
+    graphdef, params, rest = state_lib.split_model(decoder.init_model(cfg))
+    prompt = rng.integers(max(1, p // 4), p + 1, rows)
+    comp = np.minimum(rng.geometric(min(1.0, 8 / c), rows), c)
+    mask = np.zeros((rows, seq), np.int32)
+    for r in range(rows):
+      mask[r, p - prompt[r]:p + comp[r]] = 1
+    tokens = rng.integers(1, d["vocab_size"], (rows, seq)) * mask
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    cmask = mask[:, p:]
+    batch = ts.RLBatch(
+        tokens=jnp.asarray(tokens, jnp.int32),
+        positions=jnp.asarray(positions, jnp.int32),
+        attention_mask=jnp.asarray(mask), completion_mask=jnp.asarray(cmask),
+        old_logp=jnp.asarray(-rng.uniform(0.5, 6, (rows, c)) * cmask,
+                             jnp.float32),
+        advantages=jnp.asarray(rng.normal(size=(rows, 1)) * cmask,
+                               jnp.float32),
+        ref_logp=jnp.zeros((rows, c), jnp.float32))
+    need = packing.pack(tokens, positions, mask, c, row_len=seq).tokens.shape[0]
+    fraction = need / rows
+    optimizer = optax.adamw(ts_bench.LR, weight_decay=ts_bench.WEIGHT_DECAY)
+    steps, states, losses, times = {}, {}, {}, {}
+    for name, f in (("unpacked", 0.0), ("packed", fraction)):
+      cfg_loss = dataclasses.replace(_loss_cfg(ts), pack_fraction=f)
+      steps[name] = ts.make_train_step(graphdef, rest, optimizer,
+                                       optax.identity(), cfg_loss)
+      states[name] = jax.jit(lambda q: state_lib.create(
+          q, optimizer, optax.identity()))(params)
+      times[name] = []
+    key = jax.random.key(0)
+
+    def call(name):
+      states[name], m = steps[name](states[name], batch, key)
+      jax.block_until_ready(m)
+      return m
+
+    for name in steps:  # compile; step 1's loss from the same weights
+      m = call(name)
+      losses[name] = float(m["actor/loss"])
+      fits = float(m.get("perf/pack_fits", 1.0))
+      pad = float(m.get("perf/padding_fraction_packed",
+                        m["perf/padding_fraction"]))
+      losses[name + "_pad"] = pad
+    assert fits == 1.0, "the packed rows were sized to fit"
+    for _ in range(rounds):
+      for name in steps:
+        times[name] += common.timeit(lambda name=name: call(name), 1)
+    ratio = common.median(times["unpacked"]) / common.median(times["packed"])
+    row = {"seq_len": seq, "rows": rows, "packed_rows": need,
+           "padding_before": losses["unpacked_pad"],
+           "padding_after": losses["packed_pad"],
+           "unpacked_s": common.median(times["unpacked"]),
+           "packed_s": common.median(times["packed"]), "ratio": ratio,
+           "loss_diff": abs(losses["packed"] - losses["unpacked"])}
+    print(f"packing at S={seq}: {rows} rows -> {need}, padding "
+          f"{row['padding_before']:.2f} -> {row['padding_after']:.2f}; "
+          f"train step unpacked/packed = {ratio:.2f}x ("
+          f"{row['unpacked_s'] * 1e3:.0f} vs {row['packed_s'] * 1e3:.0f} ms "
+          f"median of {rounds}; |loss diff| step 1 "
+          f"{row['loss_diff']:.1e})", flush=True)
+    out.append(row)
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--memory", action="store_true")
   ap.add_argument("--speed", action="store_true")
+  ap.add_argument("--packing", action="store_true")
+  ap.add_argument("--pack_seq_lens", default="1024,4096")
+  ap.add_argument("--pack_rows", type=int, default=16)
   ap.add_argument("--mem_seq_lens", default="2048,8192,32768")
   ap.add_argument("--mem_size", default="0.5B")
   ap.add_argument("--impls", default="blockwise,xla_naive")
@@ -213,8 +314,9 @@ def main():
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   if args.tiny:
-    args.memory = args.speed = True
+    args.memory = args.speed = args.packing = True
     args.mem_seq_lens, args.mem_size, args.seq_lens = "64,128", "tiny", "32"
+    args.pack_seq_lens, args.pack_rows = "64", 4
     args.size, args.rounds, args.rows = "tiny", 1, 1
   ints = lambda s: [int(x) for x in s.split(",") if x]
   result = {"machine": common.machine(), "load_before": os.getloadavg()}
@@ -224,6 +326,9 @@ def main():
   if args.speed:
     result["speed"] = speed(ints(args.seq_lens), args.rows, args.rounds,
                             args.size)
+  if args.packing:
+    result["packing"] = packing_speed(ints(args.pack_seq_lens),
+                                      args.pack_rows, args.rounds, args.size)
   result["load_after"] = os.getloadavg()
   print(f"load average before {result['load_before']}, after "
         f"{result['load_after']}")

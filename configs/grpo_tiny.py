@@ -217,7 +217,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # job well inside +15 %; set 1 for a per-step account.
   c.train = ml_collections.ConfigDict(dict(
       steps=150, prompts_per_step=32, ppo_epochs=1, num_mini_batches=2,
-      recompute_old_logp=True, measure_every=20, max_consecutive_skips=5))
+      recompute_old_logp=True, measure_every=20, max_consecutive_skips=5,
+      # Sequence packing of the update's forwards: each forward's R rows in
+      # ceil(R * pack_fraction) rows of pack_row_len (0 = P + C) tokens,
+      # unpacked where they do not fit (perf/pack_fits); 0 = off.
+      pack_fraction=0.0, pack_row_len=0))
 
   # Replicas in one program (jaxrl_ent/train/replicas.py): e.g.
   # --config.sweep.seeds=0:16 --config.sweep.grid="entropy.coef=0,1e-3,1e-2"

@@ -12,9 +12,16 @@ hidden states that predict each completion token back to [R, C], after
 which the token statistics, the loss and its gradients are those of the
 unpacked batch (tests/models/packing_test.py).
 
-`pack` runs on the host (numpy; the layout depends on the lengths), once per
-rollout batch; `num_rows` fixes the packed shape so one compiled program
-serves every step.
+`pack` runs on the host (numpy, with clear errors); `pack_traced` is the
+same layout inside a jit (first-fit decreasing as a `lax.scan` over rows,
+the tokens placed by one scatter), which is what the trainer uses: each
+forward of the RL update (old/reference/after log-probs, every micro-batch
+of the train pass) packs its own rows, so the permutation of the mini-
+batches stays inside `update` and `jax.vmap` over replicas still works.
+`num_rows` fixes the packed shape so one compiled program serves every
+step; when the rows do not fit, `completion_hidden_or_unpacked` runs the
+unpacked forward instead (a `lax.cond`: exact either way, and counted in
+`perf/pack_fits`).
 
 Axis legend: R rows, S = P + C tokens per row, C completion tokens,
 Rp packed rows, L packed row length, D hidden.
@@ -133,6 +140,97 @@ def pack(tokens_rs, positions_rs, attention_mask_rs, completion_len: int,
   return Packed(tokens=out_tok, positions=out_pos, segment_ids=out_seg,
                 src_row=src_row.astype(np.int32), src_col=col.astype(np.int32),
                 valid=valid)
+
+
+def plan(attention_mask_rs, num_rows: int, row_len: int):
+  """First-fit decreasing placement of each row's real tokens (traceable).
+
+  Returns:
+    (packed row [R], first column [R], fits bool []): row r's real tokens
+    go to packed row `row[r]` from column `col[r]` on; `fits` is False when
+    `num_rows` rows of `row_len` cannot hold them (the placement is then
+    meaningless). The same layout as the host `pack`.
+  """
+  mask = jnp.asarray(attention_mask_rs).astype(bool)
+  lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
+  order = jnp.argsort(-lengths, stable=True)
+
+  def place(fill, i):
+    n = lengths[i]
+    room = fill + n <= row_len
+    j = jnp.argmax(room)  # the first row with room (empty rows come last)
+    ok = room[j]
+    col = fill[j]
+    return fill.at[j].add(jnp.where(ok, n, 0)), (j, col, ok)
+
+  _, (rows, cols, ok) = jax.lax.scan(
+      place, jnp.zeros((num_rows,), jnp.int32), order)
+  r = mask.shape[0]
+  unsort = lambda x: jnp.zeros((r,), x.dtype).at[order].set(x)
+  return (unsort(rows.astype(jnp.int32)), unsort(cols.astype(jnp.int32)),
+          jnp.all(ok))
+
+
+def pack_traced(tokens_rs, positions_rs, attention_mask_rs,
+                completion_len: int, num_rows: int, row_len: int):
+  """`pack` inside a jit: (`Packed` of jax arrays, fits bool []).
+
+  Each row's real tokens keep their order and their own positions; the
+  real tokens of a row need not be contiguous here (they are compacted).
+  Where `fits` is False the layout is not valid: use the unpacked rows.
+  """
+  mask = jnp.asarray(attention_mask_rs).astype(bool)
+  r, s = mask.shape
+  p = s - completion_len
+  where_row, where_col, fits = plan(mask, num_rows, row_len)
+  rank = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1  # among real tokens
+  size = num_rows * row_len
+  flat = jnp.where(mask, where_row[:, None] * row_len + where_col[:, None]
+                   + rank, size).reshape(-1)  # padding: out of range, dropped
+  # Segment ids as `pack` numbers them: 1 + the rows before this one (in
+  # row order) that share its packed row.
+  same = where_row[:, None] == where_row[None, :]
+  seg_r = 1 + jnp.sum(same & jnp.tri(r, k=-1, dtype=bool), axis=1,
+                      dtype=jnp.int32)
+  scatter = lambda x: jnp.zeros((size,), jnp.int32).at[flat].set(
+      jnp.asarray(x, jnp.int32).reshape(-1), mode="drop").reshape(
+          num_rows, row_len)
+  seg_rs = jnp.broadcast_to(seg_r[:, None], (r, s))
+  # The hidden state that predicts completion token c is its predecessor's;
+  # a missing token points at the prompt's last token.
+  valid = mask[:, p:]
+  prev = jnp.where(valid, rank[:, p:] - 1,
+                   jnp.maximum(rank[:, p - 1:p], 0))
+  packed = Packed(tokens=scatter(tokens_rs), positions=scatter(positions_rs),
+                  segment_ids=scatter(seg_rs),
+                  src_row=jnp.broadcast_to(where_row[:, None],
+                                           (r, completion_len)),
+                  src_col=where_col[:, None] + prev, valid=valid)
+  return packed, fits
+
+
+def num_packed_rows(rows: int, fraction: float) -> int:
+  """Packed rows for `rows` unpacked ones at `fraction` (>= 1)."""
+  return max(1, int(np.ceil(rows * fraction - 1e-9)))
+
+
+def completion_hidden_or_unpacked(model, tokens_rs, positions_rs,
+                                  attention_mask_rs, completion_len: int,
+                                  num_rows: int, row_len: int):
+  """Hidden states [R, C, D] predicting each completion token: from the
+  packed rows when they fit, else from the unpacked forward (`lax.cond`;
+  under `jax.vmap` both run). Returns (hidden, fits)."""
+  packed, fits = pack_traced(tokens_rs, positions_rs, attention_mask_rs,
+                             completion_len, num_rows, row_len)
+  p = tokens_rs.shape[1] - completion_len
+
+  def unpacked():
+    hidden, _ = model.hidden_states(tokens_rs, positions_rs,
+                                    attention_mask_rs)
+    return hidden[:, p - 1:-1]
+
+  return jax.lax.cond(fits, lambda: completion_hidden(model, packed),
+                      unpacked), fits
 
 
 def gather_completion(x_rp_l, packed: Packed):

@@ -25,6 +25,7 @@ from flax import struct
 from jaxrl_ent.entropy import controllers
 from jaxrl_ent.entropy import token_stats as token_stats_lib
 from jaxrl_ent.entropy import types
+from jaxrl_ent.models import packing
 from jaxrl_ent.rl import aggregation
 from jaxrl_ent.rl import kl
 from jaxrl_ent.rl import registry
@@ -72,6 +73,11 @@ class LossConfig:
     token_chunk, vocab_chunk: chunking of the token statistics.
     num_micro_batches: M; the rows are split into M equal micro-batches
       whose gradients are averaged (verl's mean of micro-batch means).
+    pack_fraction: sequence packing of every forward (`models.packing`):
+      its R rows are packed into ceil(R · pack_fraction) rows of
+      `pack_row_len` tokens (0 = the unpacked S) with segment ids, falling
+      back to the unpacked forward when they do not fit; 0 = off.
+    pack_row_len: L of the packed rows (0 = S).
   """
   policy_loss: str = "ppo_clip"
   policy_loss_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -83,6 +89,8 @@ class LossConfig:
   token_chunk: int = 256
   vocab_chunk: int | None = 8192
   num_micro_batches: int = 1
+  pack_fraction: float = 0.0
+  pack_row_len: int = 0
 
   def validate(self):
     registry.POLICY_LOSSES.validate(self.policy_loss)
@@ -94,18 +102,43 @@ class LossConfig:
       raise ValueError(f"temperature must be > 0, got {self.temperature}.")
     if self.num_micro_batches < 1:
       raise ValueError("loss.num_micro_batches must be >= 1.")
+    if not 0.0 <= self.pack_fraction <= 1.0:
+      raise ValueError(f"train.pack_fraction must be in [0, 1], got "
+                       f"{self.pack_fraction}.")
+    if self.pack_row_len < 0:
+      raise ValueError(f"train.pack_row_len must be >= 0, got "
+                       f"{self.pack_row_len}.")
     return self
+
+  def pack_shape(self, rows: int, seq: int) -> tuple[int, int] | None:
+    """(packed rows, row length) of a forward over [rows, seq], or None
+    when packing is off."""
+    if not self.pack_fraction:
+      return None
+    return (packing.num_packed_rows(rows, self.pack_fraction),
+            self.pack_row_len or seq)
 
 
 def completion_stats(model, batch: RLBatch, *, temperature, token_chunk,
-                     vocab_chunk) -> types.TokenStats:
-  """Token statistics [R, C] of the completion tokens under `model`."""
-  hidden, _ = model.hidden_states(batch.tokens, batch.positions,
-                                  batch.attention_mask)
+                     vocab_chunk, pack=None) -> types.TokenStats:
+  """Token statistics [R, C] of the completion tokens under `model`.
+
+  `pack`: (packed rows, row length) to run the forward on packed rows
+  (`models.packing`; the unpacked forward where they do not fit), None for
+  the unpacked rows.
+  """
   p = batch.prompt_len
-  # The hidden state at t predicts token t + 1.
+  if pack is None:
+    hidden, _ = model.hidden_states(batch.tokens, batch.positions,
+                                    batch.attention_mask)
+    # The hidden state at t predicts token t + 1.
+    hidden = hidden[:, p - 1:-1]
+  else:
+    hidden, _ = packing.completion_hidden_or_unpacked(
+        model, batch.tokens, batch.positions, batch.attention_mask,
+        batch.completion_mask.shape[1], *pack)
   return token_stats_lib.token_stats(
-      hidden[:, p - 1:-1], model.head_weight(), batch.tokens[:, p:],
+      hidden, model.head_weight(), batch.tokens[:, p:],
       temperature=temperature, token_chunk=token_chunk,
       vocab_chunk=vocab_chunk)
 
@@ -117,7 +150,8 @@ def params_stats(graphdef, rest, loss_cfg: LossConfig, params,
   model = nnx.merge(graphdef, params, rest)
   return completion_stats(model, batch, temperature=loss_cfg.temperature,
                           token_chunk=loss_cfg.token_chunk,
-                          vocab_chunk=loss_cfg.vocab_chunk)
+                          vocab_chunk=loss_cfg.vocab_chunk,
+                          pack=loss_cfg.pack_shape(*batch.tokens.shape))
 
 
 def make_stats_fn(graphdef, rest, loss_cfg: LossConfig):
@@ -231,7 +265,26 @@ def micro_batch_grads(graphdef, rest, loss_cfg: LossConfig, controller,
   metrics["actor/loss"] = loss
   metrics["actor/entropy"] = aggregation.masked_mean(stats.entropy, mask)
   metrics["actor/logp_mean"] = aggregation.masked_mean(stats.logp, mask)
+  metrics.update(pack_metrics(loss_cfg, micro))
   return grads, ctrl_state, metrics
+
+
+def pack_metrics(loss_cfg: LossConfig, batch: RLBatch) -> dict:
+  """`perf/padding_fraction` of `batch`'s forward, and with packing on,
+  `perf/padding_fraction_packed` (of the rows the forward ran on: the
+  packed ones, or the unpacked where they did not fit) and `perf/pack_fits`
+  (1 when they fit; the placement is recomputed, a few scalar ops)."""
+  mask = batch.attention_mask.astype(bool)
+  real = jnp.sum(mask, dtype=jnp.float32)
+  before = 1.0 - real / mask.size
+  out = {"perf/padding_fraction": before}
+  shape = loss_cfg.pack_shape(*mask.shape)
+  if shape is not None:
+    _, _, fits = packing.plan(mask, *shape)
+    after = 1.0 - real / (shape[0] * shape[1])
+    out["perf/padding_fraction_packed"] = jnp.where(fits, after, before)
+    out["perf/pack_fits"] = fits.astype(jnp.float32)
+  return out
 
 
 def accumulate_micro_batches(grad_fn, params, ctrl_state, batch: RLBatch,

@@ -397,6 +397,10 @@ def make_update(graphdef, rest, spec: UpdateSpec):
         "actor/lr": opt_values["lr"],
         "train/skipped_steps": skipped.astype(jnp.float32),
     })
+    if spec.loss.pack_fraction:
+      # The log-prob passes (old, reference, after) pack the whole batch.
+      metrics["perf/logprob_pack_fits"] = ts.pack_metrics(
+          spec.loss, full)["perf/pack_fits"]
     if measure:
       # 3. The same batch under the updated policy.
       after = stats(params, full)

@@ -318,6 +318,10 @@ class Train(schema.Block):
   max_consecutive_skips: int = schema.int_(low=1)
   measure_every: int = schema.int_(low=0)
   recompute_old_logp: bool = schema.bool_()
+  # Sequence packing of the update's forwards (`rl.train_step.LossConfig`).
+  pack_fraction: float = _opt(schema.num, 0.0, low=0.0, high=1.0,
+                              why=" (0 = off)")
+  pack_row_len: int = _opt(schema.int_, 0, low=0, why=" (0 = P + C)")
 
 
 @dataclasses.dataclass(frozen=True)

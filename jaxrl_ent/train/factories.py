@@ -104,7 +104,9 @@ def _loss_config(run: config_blocks.Run) -> train_step.LossConfig:
       # The loss scores tokens at the sampling temperature (verl).
       temperature=run.rollout.temperature, token_chunk=lc.token_chunk,
       vocab_chunk=lc.vocab_chunk,
-      num_micro_batches=lc.num_micro_batches).validate()
+      num_micro_batches=lc.num_micro_batches,
+      pack_fraction=run.train.pack_fraction,
+      pack_row_len=run.train.pack_row_len).validate()
 
 
 def critic_spec(config) -> critic_lib.CriticSpec | None:

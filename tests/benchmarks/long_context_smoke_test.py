@@ -22,6 +22,10 @@ class LongContextSmokeTest(absltest.TestCase):
     self.assertEqual({r["impl"] for r in result["memory"]},
                      {"blockwise", "xla_naive"})
     self.assertGreater(result["speed"][0]["ratio"], 0)
+    self.assertIn("packing at S=64: 4 rows -> ", proc.stdout)
+    (pack,) = result["packing"]
+    self.assertLess(pack["padding_after"], pack["padding_before"])
+    self.assertLess(pack["loss_diff"], 1e-5)
 
 
 if __name__ == "__main__":

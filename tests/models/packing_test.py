@@ -126,6 +126,79 @@ class PackTest(parameterized.TestCase):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(
         a, b, atol=2e-5, rtol=2e-4), g_ours, g_ref)
 
+  @parameterized.parameters((6, 0, 0), (9, 1, 0), (8, 2, 1), (6, 3, 3),
+                            (12, 4, 2))
+  def test_traced_pack_is_the_host_layout(self, rows, seed, spare_rows):
+    tokens, positions, mask, valid = _rollout_batch(rows, seed)
+    need = packing.pack(tokens, positions, mask, C, row_len=P + C)
+    host = packing.pack(tokens, positions, mask, C, row_len=P + C,
+                        num_rows=need.tokens.shape[0] + spare_rows)
+    n = host.tokens.shape[0]
+    ours, fits = jax.jit(packing.pack_traced, static_argnums=(3, 4, 5))(
+        tokens, positions, mask, C, n, P + C)
+    self.assertTrue(bool(fits))
+    for name in ("tokens", "positions", "segment_ids", "valid"):
+      np.testing.assert_array_equal(getattr(ours, name), getattr(host, name),
+                                    err_msg=name)
+    for name in ("src_row", "src_col"):
+      np.testing.assert_array_equal(np.asarray(getattr(ours, name))[valid],
+                                    getattr(host, name)[valid], err_msg=name)
+    # Fewer rows than first-fit needs: reported, not silently wrong.
+    n = need.tokens.shape[0]
+    if n > 1:
+      _, fits = packing.pack_traced(tokens, positions, mask, C, n - 1, P + C)
+      self.assertFalse(bool(fits))
+
+  @parameterized.parameters(0.5, 0.2)
+  def test_packed_or_unpacked_forward_matches_with_gradients(self, fraction):
+    """Rows of 2 (P + C) tokens. 0.5: the six rows fit in three; 0.2:
+    they do not fit in two, and the unpacked branch runs: the same values
+    and gradients both ways."""
+    from jaxrl_ent.rl import train_step as ts  # pylint: disable=g-import-not-at-top
+    tokens, positions, mask, valid = _rollout_batch()
+    row_len = 2 * (P + C)
+    need = packing.pack(tokens, positions, mask, C, row_len=row_len)
+    rows = packing.num_packed_rows(6, fraction)
+    self.assertEqual(rows >= need.tokens.shape[0], fraction == 0.5)
+    tokens, positions, mask = map(jnp.asarray, (tokens, positions, mask))
+    batch = ts.RLBatch(tokens=tokens, positions=positions,
+                       attention_mask=mask,
+                       completion_mask=jnp.asarray(valid, jnp.int32),
+                       old_logp=jnp.zeros(valid.shape),
+                       advantages=jnp.zeros(valid.shape),
+                       ref_logp=jnp.zeros(valid.shape))
+    w = jnp.asarray(np.random.default_rng(1).normal(size=valid.shape)
+                    * valid, jnp.float32)
+    model = _model("blockwise")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def run(cfg):
+      def loss(p):
+        st = ts.completion_stats(
+            nnx.merge(graphdef, p, rest), batch, temperature=1.0,
+            token_chunk=16, vocab_chunk=32,
+            pack=cfg.pack_shape(*tokens.shape))
+        return jnp.sum(st.logp * w + st.entropy * w), st
+      (_, st), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+      return st, g, ts.pack_metrics(cfg, batch)
+    st, g, m = run(ts.LossConfig(pack_fraction=fraction,
+                                 pack_row_len=row_len))
+    st_ref, g_ref, m_ref = run(ts.LossConfig())
+    for name in ("logp", "entropy"):
+      np.testing.assert_allclose(np.asarray(getattr(st, name))[valid],
+                                 np.asarray(getattr(st_ref, name))[valid],
+                                 atol=1e-5, rtol=1e-5, err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, atol=2e-5, rtol=2e-4), g, g_ref)
+    before = 1 - mask.sum() / mask.size
+    self.assertAlmostEqual(float(m_ref["perf/padding_fraction"]), before, 6)
+    self.assertNotIn("perf/pack_fits", m_ref)
+    self.assertEqual(float(m["perf/pack_fits"]), float(fraction == 0.5))
+    after = (1 - mask.sum() / (rows * row_len) if fraction == 0.5
+             else before)
+    self.assertAlmostEqual(float(m["perf/padding_fraction_packed"]),
+                           float(after), 6)
+
   def test_unpack_fills_missing_tokens(self):
     tokens, positions, mask, valid = _rollout_batch()
     packed = packing.pack(tokens, positions, mask, C, row_len=P + C)

@@ -117,6 +117,43 @@ class UpdateTest(parameterized.TestCase):
     np.testing.assert_allclose(metrics["actor/lr"], 1e-2, rtol=1e-6)
     self.assertGreater(float(metrics["entropy/dH_pred_tabular/entropy_bonus"]), 0)
 
+  def test_packed_forwards_give_the_unpacked_update(self):
+    """Sequence packing of every forward (old/reference/after log-probs,
+    each micro-batch's train pass, the exact ΔH passes) changes nothing but
+    float rounding. Rows of 2 S = 28 tokens at a quarter of the rows: the
+    micro-batches (2 rows of 8-10 real tokens) fit in one and run packed;
+    the whole batch (70 real tokens) does not fit in two, so the log-prob
+    passes run unpacked."""
+    model, graphdef, params, rest = _setup()
+    batch = _batch(model)
+    hp = dict(BASE_HP, **{"entropy.coef": 0.05, "loss.kl_coef": 0.1})
+    key = jax.random.key(7)
+    out = {}
+    for name, fraction in (("unpacked", 0.0), ("packed", 0.25)):
+      spec = _spec("entropy_bonus")
+      spec = spec.__class__(**{**spec.__dict__, "loss": spec.loss.__class__(
+          **{**spec.loss.__dict__, "kl_coef": 0.1,
+             "pack_fraction": fraction, "pack_row_len": 28})})
+      update = jax.jit(functools.partial(
+          update_lib.make_update(graphdef, rest, spec), measure=True))
+      state = update_lib.init_state(spec, params, hp)
+      out[name] = update(state, batch, key, params)
+    (s_ref, m_ref), (s_pack, m_pack) = out["unpacked"], out["packed"]
+    _close(s_pack.params, s_ref.params, atol=2e-6, rtol=1e-4)
+    _close(s_pack.opt_state, s_ref.opt_state, atol=2e-6, rtol=1e-4)
+    for k in ("actor/loss", "actor/entropy", "entropy/measured_dH",
+              "entropy/dH_pred_exact/total", "actor/entropy_before_update"):
+      np.testing.assert_allclose(m_pack[k], m_ref[k], atol=1e-5, rtol=1e-4,
+                                 err_msg=k)
+    self.assertNotIn("perf/pack_fits", m_ref)
+    self.assertEqual(batch.tokens.shape, (8, 14))
+    self.assertEqual(int(batch.attention_mask.sum()), 70)
+    self.assertEqual(float(m_pack["perf/logprob_pack_fits"]), 0.0)
+    self.assertEqual(float(m_pack["perf/pack_fits"]), 1.0)
+    # Two rows of 14 in one of 28: the same slots, the same padding.
+    for k in ("perf/padding_fraction", "perf/padding_fraction_packed"):
+      self.assertAlmostEqual(float(m_pack[k]), 1 - 70 / 112, 6)
+
   @parameterized.parameters(("seeds",), ("coefficients",))
   def test_vmap_equals_separate_updates(self, axis):
     model, graphdef, params, rest = _setup()
