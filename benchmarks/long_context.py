@@ -268,9 +268,12 @@ def packing_speed(seq_lens, rows, rounds, size):
       jax.block_until_ready(m)
       return m
 
-    for name in steps:  # compile; step 1's loss from the same weights
+    for name in steps:  # compile; step 1's log-probs from the same weights
       m = call(name)
-      losses[name] = float(m["actor/loss"])
+      # The mean log-prob, not the loss (with these random old log-probs
+      # every ratio is clipped and the loss does not depend on the forward)
+      # nor the entropy (flat in the logits near a random init's uniform).
+      losses[name] = float(m["actor/logp_mean"])
       fits = float(m.get("perf/pack_fits", 1.0))
       pad = float(m.get("perf/padding_fraction_packed",
                         m["perf/padding_fraction"]))
@@ -285,13 +288,13 @@ def packing_speed(seq_lens, rows, rounds, size):
            "padding_after": losses["packed_pad"],
            "unpacked_s": common.median(times["unpacked"]),
            "packed_s": common.median(times["packed"]), "ratio": ratio,
-           "loss_diff": abs(losses["packed"] - losses["unpacked"])}
+           "logp_diff": abs(losses["packed"] - losses["unpacked"])}
     print(f"packing at S={seq}: {rows} rows -> {need}, padding "
           f"{row['padding_before']:.2f} -> {row['padding_after']:.2f}; "
           f"train step unpacked/packed = {ratio:.2f}x ("
           f"{row['unpacked_s'] * 1e3:.0f} vs {row['packed_s'] * 1e3:.0f} ms "
-          f"median of {rounds}; |loss diff| step 1 "
-          f"{row['loss_diff']:.1e})", flush=True)
+          f"median of {rounds}; |mean log-prob diff| step 1 "
+          f"{row['logp_diff']:.1e})", flush=True)
     out.append(row)
   return out
 

@@ -57,11 +57,11 @@ class ModelConfig:
       `attention.IMPLS` ("auto": splash on TPU, cuDNN on GPU, blockwise
       XLA elsewhere).
     scan_unroll: layers per iteration of the layer scan (1: the plain scan,
-      compile time flat in depth, MaxText's `scan_layers`). Unrolling is a
-      small gain on XLA:CPU: 5M Qwen2, 2 rows, fwd + bwd of the body, median
-      of 5 interleaved calls: 702 vs 737 ms at T = 1024, 4474 vs 4725 ms at
-      4096 with every layer unrolled (`scan_unroll=4`), for a compile that
-      grows with depth.
+      compile time flat in depth, MaxText's `scan_layers`). Unrolling every
+      layer measured within noise on XLA:CPU (5M Qwen2, 2 rows, body fwd +
+      bwd, median of 5 interleaved calls: 702 vs 737 ms at T = 1024, 4474
+      vs 4725 ms at 4096), and the whole train step was slower with it in
+      one `benchmarks/long_context.py --speed` run, so 1 is the default.
   """
 
   model_type: str
