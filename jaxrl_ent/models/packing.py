@@ -19,7 +19,7 @@ forward of the RL update (old/reference/after log-probs, every micro-batch
 of the train pass) packs its own rows, so the permutation of the mini-
 batches stays inside `update` and `jax.vmap` over replicas still works.
 `num_rows` fixes the packed shape so one compiled program serves every
-step; when the rows do not fit, `completion_hidden_or_unpacked` runs the
+step; when the rows do not fit, `rl.train_step.completion_stats` runs the
 unpacked forward instead (a `lax.cond`: exact either way, and counted in
 `perf/pack_fits`).
 
@@ -212,25 +212,6 @@ def pack_traced(tokens_rs, positions_rs, attention_mask_rs,
 def num_packed_rows(rows: int, fraction: float) -> int:
   """Packed rows for `rows` unpacked ones at `fraction` (>= 1)."""
   return max(1, int(np.ceil(rows * fraction - 1e-9)))
-
-
-def completion_hidden_or_unpacked(model, tokens_rs, positions_rs,
-                                  attention_mask_rs, completion_len: int,
-                                  num_rows: int, row_len: int):
-  """Hidden states [R, C, D] predicting each completion token: from the
-  packed rows when they fit, else from the unpacked forward (`lax.cond`;
-  under `jax.vmap` both run). Returns (hidden, fits)."""
-  packed, fits = pack_traced(tokens_rs, positions_rs, attention_mask_rs,
-                             completion_len, num_rows, row_len)
-  p = tokens_rs.shape[1] - completion_len
-
-  def unpacked():
-    hidden, _ = model.hidden_states(tokens_rs, positions_rs,
-                                    attention_mask_rs)
-    return hidden[:, p - 1:-1]
-
-  return jax.lax.cond(fits, lambda: completion_hidden(model, packed),
-                      unpacked), fits
 
 
 def gather_completion(x_rp_l, packed: Packed):

@@ -91,10 +91,11 @@ class Model(schema.Block):
           "num_kv_heads", "max_position_embeddings")
 
   def options(self) -> dict[str, Any]:
-    """The `ModelConfig` execution fields this block sets."""
-    return {"remat": self.remat, "remat_policy": self.remat_policy or None,
-            "attention_impl": self.attention_impl,
-            "scan_unroll": self.scan_unroll}
+    """The `ModelConfig` execution fields this block sets ("" remat
+    policy = None: from `remat`)."""
+    out = {f: getattr(self, f) for f in config_lib.EXECUTION_FIELDS}
+    out["remat_policy"] = out["remat_policy"] or None
+    return out
 
   def problems(self, prefix):
     out = []

@@ -39,6 +39,7 @@ from jaxrl_ent import sharding
 from jaxrl_ent.aot import chips
 from jaxrl_ent.data import records
 from jaxrl_ent.entropy import methods
+from jaxrl_ent.models import config as config_lib
 from jaxrl_ent.rewards import registry as reward_registry
 from jaxrl_ent.rewards import tasks
 from jaxrl_ent.rl import registry
@@ -491,7 +492,7 @@ def _readers(config, field: str) -> tuple[str, bool] | None:
             if estimator in registry.ADVANTAGE_ESTIMATORS else False)
   tiny = get("model_path") == ""
   if block == "model" and name not in (
-      ("dtype",) + config_blocks.config_lib.EXECUTION_FIELDS):
+      ("dtype",) + config_lib.EXECUTION_FIELDS):
     return "the tiny model (model_path='')", tiny
   if field == "data.tokenizer_vocab_size":
     return "the tiny model's tokenizer (model_path='')", tiny
