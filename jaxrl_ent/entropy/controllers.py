@@ -138,6 +138,9 @@ class KLCovState(NamedTuple):
   count: jax.Array  # int32 [].
   coef: jax.Array  # float32 [], β applied at the last update.
   frac_selected: jax.Array  # float32 [], penalised tokens / valid tokens.
+  # float32 [], penalised tokens with logp != old_logp (a non-zero penalty
+  # gradient) / valid tokens: 0 on an on-policy update.
+  frac_active: jax.Array
 
 
 def kl_cov(ratio=2e-4, coef=1.0):
@@ -173,7 +176,7 @@ def kl_cov(ratio=2e-4, coef=1.0):
 
   def init_fn(params):
     del params
-    return KLCovState(_zero(jnp.int32), _zero(), _zero())
+    return KLCovState(_zero(jnp.int32), _zero(), _zero(), _zero())
 
   def update_fn(updates, state, params=None, *, logp, old_logp, advantages,
                 mask, weights=None, **extra_args):
@@ -182,11 +185,13 @@ def kl_cov(ratio=2e-4, coef=1.0):
                                            ratio=ratio_fn(state.count))
     c = jnp.asarray(coef_fn(state.count), _F32)
     w = covariance.weights_or_token_mean(weights, mask)
-    push = c * jnp.sign(logp - old_logp) * w
+    sign = jnp.sign(logp - old_logp)
+    push = c * sign * w
     updates = updates.replace(
         logp=updates.logp + jnp.where(selected, push, 0.0))
     return updates, KLCovState(optax.safe_increment(state.count), c,
-                               _fraction(selected, mask))
+                               _fraction(selected, mask),
+                               _fraction(selected & (sign != 0), mask))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -79,6 +79,20 @@ def batch_covariance(logp, advantages, mask):
   return masked_mean(cov_scores(logp, advantages, mask), mask)
 
 
+# Quantiles of the covariance score logged each step (`entropy/cov_score/*`):
+# the body and the upper tail, where Clip-Cov's band and KL-Cov's top-k
+# threshold sit, so both can be chosen from the task's own scores.
+SCORE_QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
+
+
+def score_quantiles(logp, advantages, mask, qs=SCORE_QUANTILES):
+  """`masked_quantile` of `cov_scores` at each level of `qs`: float32
+  `[len(qs)]`, zeros when no token is valid (a metric, not a threshold)."""
+  values = masked_quantile(cov_scores(logp, advantages, mask), mask,
+                           jnp.asarray(qs, jnp.float32))
+  return jnp.where(jnp.isfinite(values), values, 0.0)
+
+
 def num_selected(ratio, num_valid):
   """`max(⌊ratio · num_valid⌋, 1)` as int32, for a traced count.
 

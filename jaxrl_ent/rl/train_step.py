@@ -23,6 +23,7 @@ from flax import nnx
 from flax import struct
 
 from jaxrl_ent.entropy import controllers
+from jaxrl_ent.entropy import covariance
 from jaxrl_ent.entropy import token_stats as token_stats_lib
 from jaxrl_ent.entropy import types
 from jaxrl_ent.models import packing
@@ -272,8 +273,31 @@ def micro_batch_grads(graphdef, rest, loss_cfg: LossConfig, controller,
   metrics["actor/loss"] = loss
   metrics["actor/entropy"] = aggregation.masked_mean(stats.entropy, mask)
   metrics["actor/logp_mean"] = aggregation.masked_mean(stats.logp, mask)
+  metrics.update(off_policy_metrics(stats.logp, micro))
   metrics.update(pack_metrics(loss_cfg, micro))
   return grads, ctrl_state, metrics
+
+
+def off_policy_metrics(logp, micro: RLBatch) -> dict:
+  """How far this pass is from on-policy, and where the covariance scores
+  fall (what Clip-Cov's band and KL-Cov's ratio act on).
+
+  `actor/frac_off_policy`: the share of valid tokens whose log-prob differs
+  from the rollout's (`old_logp`). Where it is 0 every PPO ratio is 1 and
+  KL-Cov's `sign(logp − old_logp)` penalty has zero gradient.
+  `entropy/cov_score/{q50,q90,q99,q99.9,max}`: quantiles of the per-token
+  covariance score `(logp − mean)(A − mean)` over the micro-batch.
+  """
+  mask = micro.completion_mask
+  moved = jnp.abs(jax.lax.stop_gradient(logp) - micro.old_logp) > 0
+  out = {"actor/frac_off_policy": aggregation.masked_mean(
+      moved.astype(jnp.float32), mask)}
+  qs = covariance.SCORE_QUANTILES
+  values = covariance.score_quantiles(logp, micro.advantages, mask, qs)
+  for i, q in enumerate(qs):
+    name = "max" if q == 1.0 else f"q{100 * q:g}"
+    out[f"entropy/cov_score/{name}"] = values[i]
+  return out
 
 
 def pack_metrics(loss_cfg: LossConfig, batch: RLBatch) -> dict:

@@ -82,6 +82,18 @@ def decode(tokenizer, completion, lengths) -> list[str]:
       skip_special_tokens=True)
 
 
+def pass_ks(eval_config) -> tuple[int, ...]:
+  """The k reported as `val/pass_at_<k>`: `eval.pass_k` and every power of 4
+  up to the samples drawn (1, 4, 16, ...), all from the same samples."""
+  n = num_samples(eval_config)
+  ks = {eval_config.pass_k}
+  k = 1
+  while k <= n:
+    ks.add(k)
+    k *= 4
+  return tuple(sorted(ks))
+
+
 def num_samples(eval_config) -> int:
   """Samples drawn per prompt for pass@k: `eval.num_samples`, or pass_k when
   it is 0 or absent (configs saved before the field existed)."""
@@ -89,9 +101,9 @@ def num_samples(eval_config) -> int:
 
 
 class Evaluator:
-  """Held-out greedy accuracy and pass@k on fixed prompts: pass@k is the
-  unbiased estimator (Chen et al. 2021) from `num_samples(config.eval)`
-  sampled completions per prompt."""
+  """Held-out greedy accuracy and pass@k on fixed prompts: pass@k (for each k
+  of `pass_ks`) is the unbiased estimator (Chen et al. 2021) from
+  `num_samples(config.eval)` sampled completions per prompt."""
 
   def __init__(self, config, tokenizer, reward_fn, scorer, mesh=None):
     e = config.eval
@@ -144,14 +156,17 @@ class Evaluator:
         solved = res.rewards.reshape(-1, n) >= e.success_threshold
         # The unbiased estimator from n >= k samples (with n = k: whether
         # any sample solved the prompt).
-        passk.append(all_rows(stats.pass_at_k(
-            n, solved.sum(axis=1), e.pass_k)[valid], block))
+        passk.append(np.stack([all_rows(stats.pass_at_k(
+            n, solved.sum(axis=1), k)[valid], block) for k in pass_ks(e)],
+                              axis=1))
     g = np.concatenate(greedy)
     out = {"val/greedy_acc": float(np.mean(g >= e.success_threshold)),
            "val/greedy_reward": float(np.mean(g)),
            "val/num_prompts": float(len(g))}
     if passk:
-      out[f"val/pass_at_{e.pass_k}"] = float(np.mean(np.concatenate(passk)))
+      means = np.mean(np.concatenate(passk), axis=0)
+      out.update({f"val/pass_at_{k}": float(m)
+                  for k, m in zip(pass_ks(e), means)})
     return out
 
 

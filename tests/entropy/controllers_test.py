@@ -142,6 +142,8 @@ class KLCovTest(parameterized.TestCase):
     np.testing.assert_array_equal(out.entropy, grads.entropy)
     np.testing.assert_allclose(state.frac_selected,
                                sel.sum() / ctx["mask"].sum())
+    # Every selected token moved off the rollout: all penalties are active.
+    np.testing.assert_allclose(state.frac_active, state.frac_selected)
 
   def test_on_policy_has_no_effect(self):
     ctx, grads = _context(seed=3), _grads()
@@ -149,6 +151,19 @@ class KLCovTest(parameterized.TestCase):
     out, state = _run(controllers.kl_cov(ratio=0.5, coef=10.0), grads, ctx)
     np.testing.assert_array_equal(out.logp, grads.logp)
     self.assertGreater(float(state.frac_selected), 0.4)
+    self.assertEqual(float(state.frac_active), 0.0)
+
+  def test_frac_active_counts_selected_tokens_that_moved(self):
+    ctx, grads = _context(seed=4), _grads()
+    sel = np.asarray(covariance.kl_cov_selection(
+        ctx["logp"], ctx["advantages"], ctx["mask"], ratio=0.5))
+    # Half of the selected tokens back on-policy.
+    on = np.zeros_like(sel)
+    on.flat[np.flatnonzero(sel)[::2]] = True
+    ctx["old_logp"] = np.where(on, ctx["logp"], ctx["old_logp"])
+    _, state = _run(controllers.kl_cov(ratio=0.5), grads, ctx)
+    np.testing.assert_allclose(state.frac_active,
+                               (sel & ~on).sum() / ctx["mask"].sum())
 
   def test_tiny_ratio_selects_one_and_vmap_over_coef(self):
     ctx, grads = _context(seed=3), _grads()

@@ -137,6 +137,19 @@ class CovarianceTest(parameterized.TestCase):
     got = self.variant(covariance.masked_quantile)(x, mask, q)
     np.testing.assert_allclose(got, np.quantile(x[mask > 0], q), rtol=1e-6)
 
+  def test_score_quantiles_are_numpy_quantiles_of_valid_scores(self):
+    logp, _, adv, mask = _batch(seed=7)
+    qs = covariance.SCORE_QUANTILES
+    got = jax.jit(covariance.score_quantiles)(logp, adv, mask)
+    scores = _np_scores(logp, adv, mask)[mask > 0]
+    np.testing.assert_allclose(got, np.quantile(scores, qs), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(got[-1], scores.max(), rtol=1e-6)  # q=1: max
+    # No valid token: zeros (a logged metric), not the threshold's +inf.
+    np.testing.assert_array_equal(
+        covariance.score_quantiles(logp, adv, np.zeros_like(mask)),
+        np.zeros(len(qs)))
+
   def test_masked_quantile_of_nothing_is_inf(self):
     got = covariance.masked_quantile(jnp.ones(3), jnp.zeros(3), 0.5)
     self.assertEqual(float(got), np.inf)

@@ -187,7 +187,11 @@ class UpdateTest(parameterized.TestCase):
       vstate, vm = vupdate(vstate, stack(batches), jnp.stack(keys), None)
     for i, (s, m) in enumerate(singles):
       _close(jax.tree.map(lambda x: x[i], vstate), s)
-      _close({k: v[i] for k, v in vm.items()}, m)
+      # frac_off_policy counts tokens with logp != old_logp exactly; the
+      # round-off of batched vs plain matmuls flips a few of those ties.
+      _close({k: v[i] for k, v in vm.items()
+              if k != "actor/frac_off_policy"},
+             {k: v for k, v in m.items() if k != "actor/frac_off_policy"})
     if axis == "coefficients":
       # The coefficients really differ: α = 0 adds nothing to dH.
       self.assertEqual(float(vm["entropy/dH_pred_tabular/entropy_bonus"][0]), 0.0)

@@ -67,6 +67,13 @@ class EvaluatorPassAtKTest(absltest.TestCase):
     solved = sampled.reshape(8, 6) >= 1.0
     want = np.mean([_brute_pass_at_k(row, 2) for row in solved])
     self.assertAlmostEqual(out["val/pass_at_2"], want, places=12)
+    # The powers of 4 up to n come from the same samples: pass@1 is the
+    # sampled accuracy, pass@4 the share of solving 4-subsets.
+    self.assertAlmostEqual(out["val/pass_at_1"], solved.mean(), places=12)
+    self.assertAlmostEqual(
+        out["val/pass_at_4"],
+        np.mean([_brute_pass_at_k(row, 4) for row in solved]), places=12)
+    self.assertNotIn("val/pass_at_16", out)
     # Not the plug-in "any of the 6", which overestimates pass@2.
     c = solved.sum(axis=1)
     self.assertTrue(np.any((c > 0) & (c < 5)), c)
