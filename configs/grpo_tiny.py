@@ -152,8 +152,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft = ml_collections.ConfigDict(dict(
       # demo_accuracy: the share of demonstrations with the right answer,
       # the rest show the task's typical mistake (see the module docstring).
+      # seed: of the initial weights and the warm start (-1 = `seed`).
       steps=300, lr=3e-3, batch_size=64, seq_len=32, num_examples=5000,
-      demo_accuracy=0.3))
+      demo_accuracy=0.3, seed=-1))
 
   # continuous: continuous batching over `num_slots` decode slots (0 = a
   # quarter of the rows), refilled as rows stop; off here, where the

@@ -107,7 +107,7 @@ def prepare_warm_starts(specs, workdir) -> None:
   from jaxrl_ent.train import policy_setup  # pylint: disable=g-import-not-at-top
   by_seed = {}
   for spec in specs:
-    by_seed.setdefault(spec.seed, spec)
+    by_seed.setdefault(policy_setup.warm_start_seed(spec.config), spec)
   for seed, spec in by_seed.items():
     if spec.config.model_path or spec.config.sft.steps <= 0:
       continue
@@ -122,7 +122,8 @@ def prepare_warm_starts(specs, workdir) -> None:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     link = spec.run_dir / "sft_policy"
     if not link.exists():
-      target = pathlib.Path(workdir).resolve() / "sft" / f"seed{spec.seed}"
+      target = (pathlib.Path(workdir).resolve() / "sft" /
+                f"seed{policy_setup.warm_start_seed(spec.config)}")
       link.symlink_to(target / "sft_policy", target_is_directory=True)
 
 
@@ -165,7 +166,9 @@ def _run_group_in_process(specs, workdir, index: int) -> list[RunResult]:
   if len(specs) == 1:
     return [_run_in_process(specs[0])]
   base = specs[0].config
-  warm = [(pathlib.Path(workdir) / "sft" / f"seed{s.seed}"
+  from jaxrl_ent.train import policy_setup  # pylint: disable=g-import-not-at-top
+  warm = [(pathlib.Path(workdir) / "sft" /
+           f"seed{policy_setup.warm_start_seed(s.config)}"
            if not s.config.model_path and s.config.sft.steps > 0 else None)
           for s in specs]
   reps = replicas.as_replicas(

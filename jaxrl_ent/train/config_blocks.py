@@ -361,6 +361,8 @@ class Sft(schema.Block):
   num_examples: int = schema.int_(5000, low=1)
   seq_len: int = schema.int_(32, low=2)
   demo_accuracy: float = _opt(schema.num, 1.0, low=0.0, high=1.0)
+  seed: int = _opt(schema.int_, -1, low=-1,
+                   why=" (-1 = the run's seed; policy_setup.warm_start_seed)")
 
 
 _ADDRESS = re.compile(r"(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):\d{1,5}")

@@ -67,11 +67,21 @@ def _require_task(config):
                      "build a tiny model for.")
 
 
+def warm_start_seed(config) -> int:
+  """Seed of the initial weights and the warm start: `sft.seed`, or the
+  run's `seed` when it is -1 or absent. A fixed `sft.seed` lets runs of
+  different seeds share one warm-started policy (the study does, so that its
+  seeds vary what reinforcement learning does, not where it starts)."""
+  s = int(config.sft.get("seed", -1)) if "sft" in config else -1
+  return s if s >= 0 else int(config.seed)
+
+
 def initial_policy(config, mesh):
   """(policy, tokenizer) before any warm start.
 
   The HF checkpoint at `config.model_path`, else the tiny model of
-  `config.model` (random init, seed `config.seed`) with the task's tokenizer.
+  `config.model` (random init, seed `warm_start_seed(config)`) with the
+  task's tokenizer.
   """
   dtype = _DTYPES[config.model.get("dtype", "float32")]
   rules = sharding.merge_rules(dict(config.sharding.rules))
@@ -84,7 +94,7 @@ def initial_policy(config, mesh):
   _require_task(config)
   tokenizer = build_tokenizer_for_task(config.data)
   cfg = tiny_model_config(config, tokenizer)
-  return models.init_sharded(cfg, mesh, seed=config.seed,
+  return models.init_sharded(cfg, mesh, seed=warm_start_seed(config),
                              rules=rules), tokenizer
 
 
@@ -179,7 +189,8 @@ def supervised_warm_start(policy, tokenizer, config, mesh):
   s = config.sft
   examples = tasks.demonstrations(
       config.data.task, task_examples(config.data, "train", s.num_examples),
-      accuracy=float(s.get("demo_accuracy", 1.0)), seed=config.seed)
+      accuracy=float(s.get("demo_accuracy", 1.0)),
+      seed=warm_start_seed(config))
   graphdef, params, rest = state_lib.split_model(policy)
   opt = optim.make_optimizer(lr=s.lr, total_steps=s.steps,
                              warmup_steps=min(20, s.steps // 10),
@@ -189,7 +200,8 @@ def supervised_warm_start(policy, tokenizer, config, mesh):
     step = sft_lib.make_sft_step(graphdef, rest, opt)
     batches = demonstration_batches(examples, tokenizer,
                                     batch_size=s.batch_size,
-                                    seq_len=s.seq_len, seed=config.seed)
+                                    seq_len=s.seq_len,
+                                    seed=warm_start_seed(config))
     bar = tqdm.trange(s.steps, desc="sft warm start", leave=False,
                       disable=jax.process_index() != 0)
     for i in bar:

@@ -130,13 +130,16 @@ def run_dir(workdir, replica: Replica | None) -> storage.Path:
           else workdir / "replicas" / replica.name)
 
 
-def warm_start_dir(workdir, replica: Replica | None) -> storage.Path:
-  """Where a replica's warm start is cached: shared by replicas of a seed."""
+def warm_start_dir(workdir, replica: Replica | None,
+                   warm_seed: int | None = None) -> storage.Path:
+  """Where a replica's warm start is cached: shared by replicas with one
+  warm-start seed (`warm_seed`, default the replica's seed)."""
   workdir = storage.path(workdir)
   if replica is None:
     return workdir
+  seed = replica.seed if warm_seed is None else warm_seed
   return (storage.path(replica.warm_dir) if replica.warm_dir
-          else workdir / "warm_start" / f"seed{replica.seed}")
+          else workdir / "warm_start" / f"seed{seed}")
 
 
 def structure_key(config) -> str:

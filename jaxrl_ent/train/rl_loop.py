@@ -167,7 +167,8 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
   policies = []
   for run in runs:
     policy, tokenizer = policy_setup.build_policy(
-        run.config, mesh, replicas_lib.warm_start_dir(workdir, run.replica))
+        run.config, mesh, replicas_lib.warm_start_dir(
+            workdir, run.replica, policy_setup.warm_start_seed(run.config)))
     policies.append(policy)
   policy = policies[0]
   context = policy.cfg.max_position_embeddings
@@ -288,8 +289,15 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
       return evaluator(policy_of(i), jax.random.key(EVAL_KEY_SEED), mesh)
 
   if found is None:
+    # Replicas that start from one warm-started policy (a shared `sft.seed`)
+    # have the same initial weights and the eval key is fixed: evaluate once.
+    initial = {}
     for i, run in enumerate(runs):
-      run.summary["initial_eval"] = evaluate(i)
+      start = str(replicas_lib.warm_start_dir(
+          workdir, run.replica, policy_setup.warm_start_seed(run.config)))
+      if start not in initial or run.config.get("model_path"):
+        initial[start] = evaluate(i)
+      run.summary["initial_eval"] = dict(initial[start])
       run.writer.write(0, run.summary["initial_eval"])
       _LOG.info("%s: initial held-out eval: %s", run.label,
                 run.summary["initial_eval"])

@@ -39,6 +39,8 @@ DOCUMENTED_VALID = {
     ("distributed.process_id", "zero"): "process 0",
     ("mesh.fsdp", "negative"): "-1 = all remaining devices",
     ("sft.steps", "zero"): "0 = no supervised warm start",
+    ("sft.seed", "negative"): "-1 = the run's seed",
+    ("sft.seed", "zero"): "any int >= 0 seeds the warm start",
     ("eval.every", "zero"): "0 = evaluate only before and after",
     ("eval.pass_k", "zero"): "0 = no pass@k",
     ("eval.num_samples", "zero"): "0 = pass_k samples per prompt",
