@@ -7,8 +7,9 @@ r"""The comparison study: entropy controls × seeds, one table, plots, claims.
 
 Resumable: rerunning the same command skips finished runs and continues
 interrupted ones from their checkpoints. Writes to the workdir:
-`study.md` (the table and the claim checks), `study.json` (per-run and
-per-method numbers), `entropy_curves.png`, `accuracy_curves.png`,
+`study.md` (the table, the regime and the claim checks), `study.json`
+(per-run and per-method numbers), `entropy_curves.png`,
+`accuracy_curves.png`, `pass_at_16_curves.png`, `dH_by_source.png`,
 `dH_predicted_vs_measured.png`; each run's own workdir is
 `runs/<method>/seed<k>` (readable by `launch/analyze.py`).
 """
@@ -58,12 +59,28 @@ def write_report(config, workdir, results) -> str:
   claims = report.check_claims(per_run)
   pngs = plots.write_plots(dirs, workdir)
   steps = config.base.train.steps
-  md = [f"# Comparison study ({len(per_run)} runs, {steps} steps each)", "",
+  seeds = sorted({r["seed"] for r in per_run})
+  wall = sum(r["seconds"] for r in per_run)
+  md = [f"# Comparison study ({len(per_run)} runs: {len(agg)} methods × "
+        f"{len(seeds)} seeds, {steps} steps each)", "",
+        "Each cell: interquartile mean over seeds [95 % stratified bootstrap "
+        "interval]; P(· > grpo): probability of improvement over GRPO on "
+        "the same seeds [95 % paired bootstrap interval]. pass@k is the "
+        "unbiased estimator from "
+        f"{config.base.eval.num_samples or config.base.eval.pass_k} samples "
+        f"on each of {config.base.eval.num_examples} held-out prompts at "
+        "the last evaluation; final entropy averages the last "
+        f"{config.study.final_fraction:.0%} of steps. Runs took "
+        f"{wall:.0f} s in all.", "",
         report.markdown_table(agg), "",
-        "pass@k is `" + (per_run[0]["pass_key"] if per_run else "") +
-        "`; final entropy averages the last "
-        f"{config.study.final_fraction:.0%} of steps; wall time is per run.",
-        "", "## Claims", "", report.claims_markdown(claims), ""]
+        "## The regime", "",
+        "Shares of steps on which the PPO clip binds and on which KL-Cov's "
+        "penalty has a non-zero gradient; the mean share of tokens whose "
+        "log-prob moved off the rollout's; and the per-step quantiles of "
+        "the covariance score (lp − mean)(A − mean), averaged over steps, "
+        "which set Clip-Cov's band and KL-Cov's top-ratio threshold.", "",
+        report.regime_markdown(per_run), "",
+        "## Claims", "", report.claims_markdown(claims), ""]
   if missing:
     md += ["Runs not included: " + "; ".join(missing), ""]
   md += [f"![{pathlib.Path(p).stem}]({pathlib.Path(p).name})" for p in pngs]

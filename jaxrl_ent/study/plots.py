@@ -1,5 +1,6 @@
-"""The study's figures: per-method curves (mean over seeds, band = min–max)
-and the predicted-vs-measured entropy change scatter."""
+"""The study's figures: per-method curves (mean over seeds, band = 95 %
+bootstrap interval of that mean over seeds), ΔH by source, and the
+predicted-vs-measured entropy change scatter."""
 
 import pathlib
 
@@ -26,9 +27,23 @@ def _curves(run_dirs_by_method, key):
       continue
     vals = np.stack([np.asarray([dict(zip(s.tolist(), v))[c]
                                  for c in common]) for s, v in series])
-    out[method] = (np.asarray(common), vals.mean(0), vals.min(0),
-                   vals.max(0))
+    out[method] = (np.asarray(common), vals.mean(0), *mean_band(vals))
   return out
+
+
+def mean_band(vals, *, reps: int = 1000, size: float = 0.95, seed: int = 0):
+  """Per column of `vals` [seeds, steps]: the percentile bootstrap interval
+  of the mean over seeds (seeds resampled with replacement, one draw of
+  indices for every step, so the band is that of whole curves)."""
+  vals = np.asarray(vals, float)
+  if vals.shape[0] < 2:
+    return vals[0], vals[0]
+  idx = np.random.default_rng(seed).integers(
+      0, vals.shape[0], size=(reps, vals.shape[0]))
+  means = vals[idx].mean(axis=1)  # [reps, steps]
+  alpha = 100 * (1 - size) / 2
+  lo, hi = np.percentile(means, [alpha, 100 - alpha], axis=0)
+  return lo, hi
 
 
 def _line_plot(curves, ylabel, title, path, *, marker=None):
@@ -59,20 +74,32 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
     path = out_dir / "entropy_curves.png"
     _line_plot(curves, "token entropy before the update (nats)",
                "Policy entropy on its rollouts (mean over seeds, band = "
-               "min–max)", path)
+               "95 % CI)", path)
     written.append(str(path))
   curves = _curves(run_dirs_by_method, runs_lib.VAL_ACC_KEY)
   if curves:
     path = out_dir / "accuracy_curves.png"
     _line_plot(curves, "held-out greedy accuracy",
-               "Held-out greedy accuracy (mean over seeds, band = min–max)",
+               "Held-out greedy accuracy (mean over seeds, band = 95 % CI)",
                path, marker="o")
     written.append(str(path))
+  for k in (16, 4):
+    curves = _curves(run_dirs_by_method, f"val/pass_at_{k}")
+    if curves:
+      path = out_dir / f"pass_at_{k}_curves.png"
+      _line_plot(curves, f"held-out pass@{k}",
+                 f"Held-out pass@{k}, unbiased estimator (mean over seeds, "
+                 "band = 95 % CI)", path, marker="o")
+      written.append(str(path))
+      break
+  path = _sources_plot(run_dirs_by_method, out_dir)
+  if path:
+    written.append(path)
   pts = {}
   for method, dirs in run_dirs_by_method.items():
     xs, ys = [], []
     for d in dirs:
-      pairs = runs_lib.dh_pairs(runs_lib.load_run(d))
+      pairs = runs_lib.exact_dh_pairs(runs_lib.load_run(d))
       if pairs is not None:
         xs.append(pairs[1])
         ys.append(pairs[2])
@@ -88,7 +115,7 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
     ax.set_title(f"Entropy change per step: predicted vs measured "
                  f"(pooled r = {report.pearson(allx, ally):.2f})",
                  fontsize=9)
-    ax.set_xlabel("predicted ΔH, first order, logit-space step η = 1")
+    ax.set_xlabel("exact first-order ΔH ⟨∂H/∂θ, Δθ⟩ (nats)")
     ax.set_ylabel("measured ΔH on the batch (nats)")
     ax.axhline(0, color="k", lw=0.5)
     ax.axvline(0, color="k", lw=0.5)
@@ -100,3 +127,59 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
     plt.close(fig)
     written.append(str(path))
   return written
+
+
+def _sources_plot(run_dirs_by_method, out_dir):
+  """Cumulative exact ΔH by source over the accounted steps, one panel per
+  method (mean over seeds), beside the cumulative measured ΔH."""
+  panels = {}
+  for method, dirs in run_dirs_by_method.items():
+    sums = {}
+    for d in dirs:
+      run = runs_lib.load_run(d)
+      srcs = dict(runs_lib.exact_dh_sources(run))
+      m = run.get(runs_lib.MEASURED_DH_KEY)
+      if m is not None:
+        srcs["measured"] = m
+      for name, series in srcs.items():
+        sums.setdefault(name, []).append((series.step,
+                                          np.cumsum(series.value)))
+    curves = {}
+    for name, runs in sums.items():
+      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in runs)))
+      if common:
+        vals = np.stack([np.asarray([dict(zip(s.tolist(), v))[c]
+                                     for c in common]) for s, v in runs])
+        curves[name] = (np.asarray(common), vals.mean(0))
+    if len(curves) > 1:
+      panels[method] = curves
+  if not panels:
+    return None
+  n = len(panels)
+  cols = min(4, n)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows),
+                           squeeze=False, sharey=True)
+  names = sorted({k for c in panels.values() for k in c} - {"measured"})
+  cmap = plt.get_cmap("tab10")
+  for ax, (method, curves) in zip(axes.ravel(), panels.items()):
+    for i, name in enumerate(names):
+      if name in curves:
+        ax.plot(*curves[name], label=name, color=cmap(i % 10), lw=1.2)
+    if "measured" in curves:
+      ax.plot(*curves["measured"], label="measured", color="k", lw=1.2,
+              ls="--")
+    ax.axhline(0, color="k", lw=0.4)
+    ax.set_title(method, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle("Entropy change by source, summed over the accounted steps "
+               "(exact first order; mean over seeds)", fontsize=9)
+  fig.tight_layout()
+  path = pathlib.Path(out_dir) / "dH_by_source.png"
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return str(path)

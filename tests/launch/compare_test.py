@@ -1,5 +1,6 @@
-"""`launch/compare.py` end to end: 2 methods × 1 seed × 2 steps, then a
-rerun that must skip the finished runs and rebuild the same report."""
+"""`launch/compare.py` end to end (the countdown study's smoke variant):
+2 methods × 1 seed × 2 steps, then a rerun that must skip the finished runs
+and rebuild the same report."""
 
 import json
 import os
@@ -8,8 +9,10 @@ from absl.testing import absltest
 
 import launcher_testlib
 
-_ARGS = (f"--config={launcher_testlib.ROOT}/configs/compare_tiny.py:runlocal",
-         "--config.study.methods=grpo,clip_cov",
+# The countdown study's smoke variant: its code path, cut to seconds.
+_ARGS = (f"--config={launcher_testlib.ROOT}/configs/study_countdown.py:smoke",
+         "--config.study.methods=grpo,clip_cov_1e-1",
+         "--config.study.seeds=0",
          "--config.base.reward.backend=inline",
          f"--config.base.reward.spec={launcher_testlib.LENGTH_REWARD}",
          "--config.base.sft.steps=0")
@@ -39,20 +42,26 @@ class CompareTest(absltest.TestCase):
     study = json.loads(open(os.path.join(workdir, "study.json")).read())
     self.assertEqual([(r["method"], r["seed"], r["steps"])
                       for r in study["runs"]],
-                     [("grpo", 0, 2), ("clip_cov", 0, 2)])
+                     [("grpo", 0, 2), ("clip_cov_1e-1", 0, 2)])
     self.assertEqual(study["missing"], [])
-    for method in ("grpo", "clip_cov"):
+    for method in ("grpo", "clip_cov_1e-1"):
       run = os.path.join(workdir, "runs", method, "seed0")
       rows = [json.loads(l) for l in open(os.path.join(run,
                                                         "metrics.jsonl"))]
       self.assertEqual([r["step"] for r in rows], [0, 1, 2])
       # The table's final accuracy is the run's last logged evaluation.
-      self.assertAlmostEqual(study["methods"][method]["final_acc"][0],
+      # (One seed: the IQM is that seed's value.)
+      self.assertAlmostEqual(study["methods"][method]["final_acc"]["iqm"],
                              rows[-1]["val/greedy_acc"])
+      self.assertIn("val/pass_at_4", rows[-1])
+      self.assertIn("actor/frac_off_policy", rows[-1])
+      self.assertIn("entropy/cov_score/q99", rows[-1])
     table = open(os.path.join(workdir, "study.md")).read()
     self.assertIn("| grpo | 1 |", table)
-    self.assertIn("| clip_cov | 1 |", table)
+    self.assertIn("| clip_cov_1e-1 | 1 |", table)
+    self.assertIn("## The regime", table)
     for png in ("entropy_curves.png", "accuracy_curves.png",
+                "pass_at_4_curves.png", "dH_by_source.png",
                 "dH_predicted_vs_measured.png"):
       self.assertGreater(os.path.getsize(os.path.join(workdir, png)), 5000)
 

@@ -1,6 +1,6 @@
-"""Study planning (config → runs) and the claim checks on hand-made rows."""
+"""Study planning (config → runs) and the statistics and claim checks of
+the report on hand-made rows."""
 
-import math
 import sys
 import os
 
@@ -57,60 +57,130 @@ def test_variant_with_an_unknown_field_names_its_path(tmp_path):
     plan.expand(c, tmp_path)
 
 
-def _row(method, acc, h, corr=0.5, agree=0.8):
-  return {"method": method, "final_acc": acc, "final_entropy": h,
-          "dH_corr": corr, "dH_sign_agree": agree}
+def _rows(method, acc, h=0.5, **cols):
+  """One row per seed: `acc` (and every column in `cols`) a list by seed."""
+  out = []
+  for seed, a in enumerate(acc):
+    row = {"method": method, "seed": seed, "final_acc": a,
+           "final_entropy": h[seed] if isinstance(h, (list, tuple)) else h}
+    row.update({k: v[seed] for k, v in cols.items()})
+    out.append(row)
+  return out
 
 
-def test_bias_claim_held_when_accuracy_falls_with_alpha():
-  rows = ([_row("grpo", a, 0.5) for a in (0.30, 0.32, 0.31)] +
-          [_row("entropy_bonus_1e-3", a, 0.6) for a in (0.29, 0.30, 0.28)] +
-          [_row("entropy_bonus_3e-2", a, 5.0) for a in (0.0, 0.01, 0.0)])
+_NOISE = np.random.default_rng(0).normal(0.0, 0.01, 16)
+_BASE_ACC = list(0.30 + 3 * _NOISE)
+
+
+def test_paired_difference_uses_shared_seeds_in_seed_order():
+  x = _rows("a", [0.5, 0.4, 0.9])
+  y = _rows("b", [0.1, 0.3])  # Seed 2 missing: not paired.
+  d = report.paired_diff(x, y, "final_acc")
+  assert d["n"] == 2
+  assert d["diff"] == pytest.approx(((0.5 - 0.1) + (0.4 - 0.3)) / 2)
+  assert d["ci"][0] <= d["diff"] <= d["ci"][1]
+
+
+def test_aggregate_is_iqm_with_interval_and_poi_over_baseline():
+  rows = (_rows("grpo", [0.0, 1, 2, 3, 4, 5, 6, 7]) +
+          _rows("m", [10.0, 11, 12, 13, 14, 15, 16, 17]))
+  agg = report.aggregate(rows)
+  # Of 8 scores the IQM drops floor(8/4) = 2 at each end: mean(2, 3, 4, 5).
+  assert agg["grpo"]["final_acc"]["iqm"] == pytest.approx(3.5)
+  lo, hi = agg["grpo"]["final_acc"]["ci"]
+  assert 0.0 <= lo < 3.5 < hi <= 7.0
+  assert agg["grpo"]["seeds"] == 8 and "poi_final_acc" not in agg["grpo"]
+  # Every seed of m beats every seed of grpo: P(m > grpo) = 1, interval too.
+  assert agg["m"]["poi_final_acc"]["poi"] == 1.0
+  assert agg["m"]["poi_final_acc"]["ci"] == [1.0, 1.0]
+  table = report.markdown_table(agg)
+  assert "| grpo | 8 | 3.500 [" in table
+  assert "| m | 8 | 13.500 [" in table and "1.00 [1.00, 1.00]" in table
+
+
+def test_bias_claim_held_when_accuracy_falls_with_alpha_on_every_seed():
+  rows = (_rows("grpo", _BASE_ACC) +
+          _rows("entropy_bonus_1e-3", [a - 0.01 for a in _BASE_ACC]) +
+          _rows("entropy_bonus_3e-2", [a - 0.2 + n for a, n in
+                                       zip(_BASE_ACC, _NOISE)]))
   claim = report.check_claims(rows)[0]
-  assert claim["verdict"] == "held"
-  # Spearman by hand, ties averaged: α ranks 2,2,2,5,5,5,8,8,8; accuracy
-  # ranks of (0.30, 0.32, 0.31, 0.29, 0.30, 0.28, 0.0, 0.01, 0.0).
-  rx = np.array([2, 2, 2, 5, 5, 5, 8, 8, 8], float)
-  ry = np.array([6.5, 9, 8, 5, 6.5, 4, 1.5, 3, 1.5])
-  expected = np.corrcoef(rx, ry)[0, 1]
-  assert f"ρ(α, acc) = {expected:.2f}" in claim["evidence"]
+  assert claim["verdict"] == "held", claim
+  # The mean paired difference at the largest α, by hand.
+  assert f"{np.mean(_NOISE) - 0.2:+.3f}" in claim["evidence"]
 
 
-def test_bias_claim_not_observed_within_noise():
-  rows = ([_row("grpo", a, 0.5) for a in (0.30, 0.20, 0.25)] +
-          [_row("entropy_bonus_1e-2", a, 0.7) for a in (0.26, 0.31, 0.19)])
-  assert report.check_claims(rows)[0]["verdict"] == "not observed"
+def test_bias_claim_undecided_within_noise_and_contradicted_when_higher():
+  up = _rows("entropy_bonus_1e-2", [a + n for a, n in zip(_BASE_ACC,
+                                                          _NOISE[::-1])])
+  rows = _rows("grpo", _BASE_ACC) + up
+  assert report.check_claims(rows)[0]["verdict"] == "undecided"
+  rows = _rows("grpo", _BASE_ACC) + _rows(
+      "entropy_bonus_1e-2", [a + 0.1 for a in _BASE_ACC])
+  assert report.check_claims(rows)[0]["verdict"] == "contradicted"
 
 
-def test_annealed_claims_and_prediction_correlation():
-  rows = ([_row("grpo", a, h, corr=c) for a, h, c in
-           ((0.30, 0.40, 0.6), (0.31, 0.42, 0.7), (0.29, 0.41, 0.5))] +
-          [_row("clip_cov_annealed", a, h) for a, h in
-           ((0.30, 0.80), (0.32, 0.85), (0.29, 0.82))] +
-          [_row("kl_cov_annealed", a, h) for a, h in
-           ((0.20, 0.80), (0.21, 0.85), (0.19, 0.82))])
-  claims = report.check_claims(rows)
+def test_annealed_covariance_claim_is_compound():
+  n = len(_BASE_ACC)
+  base = _rows("grpo", _BASE_ACC, h=[0.4] * n, pass16=[0.3] * n)
+  higher_h = [0.6 + x for x in _NOISE]
+  good = _rows("clip_cov_annealed", [a - 0.005 for a in _BASE_ACC],
+               h=higher_h, pass16=[0.35 + x for x in _NOISE])
+  bad = _rows("kl_cov_annealed", [a - 0.1 for a in _BASE_ACC], h=higher_h,
+              pass16=[0.35 + x for x in _NOISE])
+  claims = report.check_claims(base + good + bad)
   assert claims[0]["verdict"].startswith("not testable")
-  assert claims[1]["verdict"] == "held"
-  assert claims[2]["verdict"] == "not observed: accuracy lower"
-  # Median of the 9 per-run correlations: six 0.5 and 0.6, 0.7, 0.5 → 0.5.
-  assert claims[3]["verdict"] == "held"
-  assert "median 0.50" in claims[3]["evidence"]
+  assert claims[2]["verdict"] == "held", claims[2]
+  # Accuracy 0.1 lower: outside the non-inferiority margin.
+  assert claims[3]["verdict"].startswith("contradicted"), claims[3]
+  assert "accuracy kept contradicted" in claims[3]["verdict"]
 
 
-def test_aggregate_is_mean_and_sample_std():
-  rows = [dict(_row("m", a, h), best_acc=a, final_pass=a, law_a=1.0,
-               law_b=2.0, law_ceiling=1.0, law_r2=0.5, touched=math.nan,
-               seconds=10.0 * i)
-          for i, (a, h) in enumerate(((0.1, 1.0), (0.3, 2.0), (0.5, 6.0)))]
-  agg = report.aggregate(rows)["m"]
-  assert agg["seeds"] == 3
-  assert agg["final_acc"] == pytest.approx((0.3, 0.2))
-  assert agg["final_entropy"] == pytest.approx((3.0, np.std([1, 2, 6],
-                                                            ddof=1)))
-  assert math.isnan(agg["touched"][0])
-  table = report.markdown_table({"m": agg})
-  assert "| m | 3 | 0.300 ± 0.200 |" in table
+def test_tracking_claim_pools_per_run_r_by_fisher_z():
+  rows = _rows("grpo", _BASE_ACC[:4], exact_corr=[0.95, 0.9, 0.97, 0.93],
+               exact_n=[40] * 4, tabular_corr=[0.3, 0.2, 0.4, 0.1],
+               tabular_n=[40] * 4)
+  claim = report.check_claims(rows)[4]
+  z = np.arctanh([0.95, 0.9, 0.97, 0.93]).mean()
+  half = 1.959963984540054 / np.sqrt(4 * 37)
+  assert f"r = {np.tanh(z):.3f} [{np.tanh(z - half):.3f}" in claim["evidence"]
+  assert claim["verdict"] == ("held" if np.tanh(z - half) > report.TRACK_R
+                              else "undecided")
+
+
+def test_source_claim_needs_pg_negative_and_largest():
+  n = 8
+  pg = [-0.05 + x / 10 for x in _NOISE[:n]]
+  rows = _rows("grpo", _BASE_ACC[:n], dH_pg=pg,
+               dH_momentum=[0.01] * n, dH_weight_decay=[0.0] * n)
+  assert report.check_claims(rows)[5]["verdict"] == "held"
+  rows = _rows("grpo", _BASE_ACC[:n], dH_pg=pg, dH_momentum=[-0.2] * n)
+  assert report.check_claims(rows)[5]["verdict"].startswith(
+      "undecided: momentum")
+
+
+def test_countdown_study_expands_with_one_shared_warm_start(tmp_path):
+  from configs import study_countdown  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import factories  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import policy_setup  # pylint: disable=g-import-not-at-top
+  c = study_countdown.get_config()
+  c.study.methods = ",".join(study_countdown.VARIANTS)
+  runs = plan.expand(c, tmp_path)
+  assert len(runs) == len(study_countdown.VARIANTS) * 16
+  # Seeds differ, warm start shared: paired seeds (the same seed index has
+  # the same rollout keys and data order in every method).
+  assert {r.seed for r in runs} == set(range(16))
+  assert {policy_setup.warm_start_seed(r.config) for r in runs} == {0}
+  for run in runs[::16]:
+    factories.make_controller(run.config.entropy).init(None)
+    factories.update_spec(run.config)
+    factories.initial_hparams(run.config)
+    assert run.config.train.num_mini_batches >= 4
+  by = {r.method: r.config for r in runs}
+  assert by["clip_cov_1e-1"].entropy.clip_cov_lb == 0.1
+  assert by["kl_cov_annealed"].entropy.anneal == "inverse_power"
+  assert by["entropy_bonus_3e-2"].entropy.coef == 3e-2
+  quick = study_countdown.get_config("quick")
+  assert quick.study.methods.split(",") == list(study_countdown.QUICK)
 
 
 def test_qwen_study_config_expands_and_every_controller_builds(tmp_path):
