@@ -56,7 +56,10 @@ def write_report(config, workdir, results) -> str:
              f"{': ' + r.error if r.error else ''})"
              for r in results if r.status not in ("done", "skipped")]
   agg = report.aggregate(per_run)
-  claims = report.check_claims(per_run)
+  # Claim 2 compares the annealed bonus with the constant one at its α₀.
+  annealed = config.variants.get("entropy_bonus_annealed", {})
+  claims = report.check_claims(per_run, annealed_alpha=float(
+      annealed.get("entropy", {}).get("coef", 1e-2)))
   pngs = plots.write_plots(dirs, workdir)
   steps = config.base.train.steps
   seeds = sorted({r["seed"] for r in per_run})

@@ -239,7 +239,8 @@ def _all_held(verdicts):
   return "undecided"
 
 
-def check_claims(per_run: list[dict], *, baseline: str = "grpo") -> list[dict]:
+def check_claims(per_run: list[dict], *, baseline: str = "grpo",
+                 annealed_alpha: float = 1e-2) -> list[dict]:
   """The claims of entropy_methods.md, each with evidence and a verdict.
 
   Differences are paired over seeds (same seed index = same initial weights
@@ -247,6 +248,8 @@ def check_claims(per_run: list[dict], *, baseline: str = "grpo") -> list[dict]:
   bootstrap interval and the Wilcoxon p-value. "held": the interval
   excludes 0 on the claimed side; "contradicted": on the other side;
   "undecided": it contains 0. A compound claim holds when every part does.
+  `annealed_alpha`: α₀ of `entropy_bonus_annealed`, whose constant twin
+  `entropy_bonus_<α₀>` claim 2 compares it with.
   """
   by = _by_method(per_run)
   out = []
@@ -279,7 +282,8 @@ def check_claims(per_run: list[dict], *, baseline: str = "grpo") -> list[dict]:
            "more greedy accuracy than the constant one at the same α₀ "
            "(§1.6)")
   annealed = by.get("entropy_bonus_annealed")
-  alpha0 = next((m for a, m in alphas if math.isclose(a, 1e-2)), None)
+  alpha0 = next((m for a, m in alphas if math.isclose(a, annealed_alpha)),
+                None)
   if annealed and alpha0:
     d = paired_diff(annealed, by[alpha0], "final_acc")
     d0 = paired_diff(annealed, base, "final_acc") if base else None
@@ -289,7 +293,7 @@ def check_claims(per_run: list[dict], *, baseline: str = "grpo") -> list[dict]:
     out.append(_claim(claim, evidence, _verdict(d, "greater")))
   else:
     out.append(_claim(claim, "", "not testable: needs entropy_bonus_annealed "
-                      "and entropy_bonus_1e-2"))
+                      f"and entropy_bonus_{annealed_alpha:g}"))
 
   # 3. Annealed covariance controls: higher entropy, higher pass@16, greedy
   # accuracy not lower by more than ACC_MARGIN.

@@ -17,6 +17,11 @@ import tempfile
 from unittest import mock
 
 from absl import flags
+# Imported here so that its absl flags exist before any launcher runs: the
+# flags defined while a launcher is in use are removed afterwards, and grain
+# (first imported by a launcher's data pipeline) reads its own on every
+# iteration.
+import grain  # pylint: disable=unused-import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

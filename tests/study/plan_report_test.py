@@ -119,6 +119,19 @@ def test_bias_claim_undecided_within_noise_and_contradicted_when_higher():
   assert report.check_claims(rows)[0]["verdict"] == "contradicted"
 
 
+def test_annealing_claim_compares_with_the_constant_bonus_at_alpha0():
+  rows = (_rows("grpo", _BASE_ACC) +
+          _rows("entropy_bonus_3e-3", [a - 0.1 for a in _BASE_ACC]) +
+          _rows("entropy_bonus_1e-2", [a + 0.1 for a in _BASE_ACC]) +
+          _rows("entropy_bonus_annealed", [a - 0.05 for a in _BASE_ACC]))
+  # α₀ = 3e-3: every seed's annealed run beats its constant twin by 0.05.
+  claim = report.check_claims(rows, annealed_alpha=3e-3)[1]
+  assert claim["verdict"] == "held", claim
+  assert "annealed − entropy_bonus_3e-3: acc +0.050" in claim["evidence"]
+  # Against the 1e-2 run (the default α₀) it loses on every seed.
+  assert report.check_claims(rows)[1]["verdict"] == "contradicted"
+
+
 def test_annealed_covariance_claim_is_compound():
   n = len(_BASE_ACC)
   base = _rows("grpo", _BASE_ACC, h=[0.4] * n, pass16=[0.3] * n)
@@ -178,7 +191,7 @@ def test_countdown_study_expands_with_one_shared_warm_start(tmp_path):
   by = {r.method: r.config for r in runs}
   assert by["clip_cov_1e-1"].entropy.clip_cov_lb == 0.1
   assert by["kl_cov_annealed"].entropy.anneal == "inverse_power"
-  assert by["entropy_bonus_3e-2"].entropy.coef == 3e-2
+  assert by["entropy_bonus_3e-3"].entropy.coef == 3e-3
   quick = study_countdown.get_config("quick")
   assert quick.study.methods.split(",") == list(study_countdown.QUICK)
 
