@@ -293,7 +293,8 @@ def check_claims(per_run: list[dict], *, baseline: str = "grpo",
     out.append(_claim(claim, evidence, _verdict(d, "greater")))
   else:
     out.append(_claim(claim, "", "not testable: needs entropy_bonus_annealed "
-                      f"and entropy_bonus_{annealed_alpha:g}"))
+                      f"and a constant entropy_bonus_<α> at α₀ = "
+                      f"{annealed_alpha:g}"))
 
   # 3. Annealed covariance controls: higher entropy, higher pass@16, greedy
   # accuracy not lower by more than ACC_MARGIN.
