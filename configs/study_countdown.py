@@ -106,20 +106,28 @@ def variant(name: str) -> ml_collections.ConfigDict:
                                     "loss": dict(loss_overrides)})
 
 
-def base_config(steps: int) -> ml_collections.ConfigDict:
-  """The run every variant is merged onto."""
-  base = grpo_tiny.get_config()
+def countdown(base: ml_collections.ConfigDict, *, context: int,
+              **task_kwargs) -> ml_collections.ConfigDict:
+  """`base` (a grpo_tiny config) on countdown with one shared warm start."""
   base.data.task = "countdown"
-  # Numbers up to 12: with 1–9 and + - the held-out split (a tenth of the
-  # prompt space) holds only ~260 distinct prompts.
-  base.data.task_kwargs = {"num_numbers": 3, "max_number": 12,
-                           "max_target": 50, "ops": "+-"}
+  base.data.task_kwargs = {"num_numbers": 3, "max_target": 50,
+                           **task_kwargs}
   base.data.max_prompt_length = 48
-  base.model.max_position_embeddings = 80
-  base.rollout.max_new_tokens = 16
+  base.model.max_position_embeddings = context
   base.sft.demo_accuracy = 1.0  # Demonstrations: one right expression each.
   base.sft.seq_len = 64
   base.sft.seed = 0  # One warm start shared by every run: paired seeds.
+  base.tensorboard = False
+  return base
+
+
+def base_config(steps: int) -> ml_collections.ConfigDict:
+  """The run every variant is merged onto."""
+  # Numbers up to 12: with 1–9 and + - the held-out split (a tenth of the
+  # prompt space) holds only ~260 distinct prompts.
+  base = countdown(grpo_tiny.get_config(), context=80, max_number=12,
+                   ops="+-")
+  base.rollout.max_new_tokens = 16
   base.loss.clip_eps_high = 0.2  # Symmetric; clip_higher raises it.
   # Four updates per rollout, each a quarter of the step a one-update run
   # takes at 5e-4 (see the module docstring for what 3e-4 did).
@@ -135,7 +143,6 @@ def base_config(steps: int) -> ml_collections.ConfigDict:
   base.eval.pass_k = 16
   base.checkpoint.every = 50
   base.checkpoint.keep = 1
-  base.tensorboard = False
   return base
 
 
@@ -143,19 +150,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, quick=False, smoke=False, seeds=16, steps=0)
   c = ml_collections.ConfigDict()
   if a.smoke:
-    base = grpo_tiny.get_config("runlocal")
-    base.data.task = "countdown"
-    base.data.task_kwargs = {"num_numbers": 3, "max_number": 9,
-                             "max_target": 50}
-    base.data.max_prompt_length = 48
-    base.model.max_position_embeddings = 64
-    base.sft.seed = 0
-    base.sft.demo_accuracy = 1.0
-    base.sft.seq_len = 64
+    base = countdown(grpo_tiny.get_config("runlocal"), context=64,
+                     max_number=9)
     base.train.num_mini_batches = 2
     base.eval.num_samples = 4
     base.eval.pass_k = 4
-    base.tensorboard = False
     methods, seeds = ("grpo", "kl_cov_annealed"), 2
   elif a.quick:
     base = base_config(a.steps or 10)

@@ -14,20 +14,30 @@ from jaxrl_ent.analysis import runs as runs_lib
 from jaxrl_ent.study import report
 
 
-def _curves(run_dirs_by_method, key):
-  """method → (steps, mean, min, max) over seeds on their common steps."""
+def _on_common_steps(series):
+  """(steps, values [runs, steps]) of `(step, value)` pairs on the steps
+  every run logged, or None when there are none."""
+  if not series:
+    return None
+  common = sorted(set.intersection(*(set(s.tolist()) for s, _ in series)))
+  if not common:
+    return None
+  vals = np.stack([np.asarray([dict(zip(s.tolist(), v))[c] for c in common])
+                   for s, v in series])
+  return np.asarray(common), vals
+
+
+def _curves(runs_by_method, key):
+  """method → (steps, mean, lo, hi) over seeds on their common steps (lo, hi:
+  `mean_band`)."""
   out = {}
-  for method, dirs in run_dirs_by_method.items():
-    series = [runs_lib.load_run(d).get(key) for d in dirs]
-    series = [(s.step, s.value) for s in series if s is not None and len(s)]
-    if not series:
-      continue
-    common = sorted(set.intersection(*(set(s.tolist()) for s, _ in series)))
-    if not common:
-      continue
-    vals = np.stack([np.asarray([dict(zip(s.tolist(), v))[c]
-                                 for c in common]) for s, v in series])
-    out[method] = (np.asarray(common), vals.mean(0), *mean_band(vals))
+  for method, runs in runs_by_method.items():
+    series = [run.get(key) for run in runs]
+    aligned = _on_common_steps([(s.step, s.value) for s in series
+                                if s is not None and len(s)])
+    if aligned is not None:
+      steps, vals = aligned
+      out[method] = (steps, vals.mean(0), *mean_band(vals))
   return out
 
 
@@ -68,15 +78,18 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
   """Writes the PNGs into `out_dir`; returns their paths."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
+  # Each run's metrics.jsonl is read once, for every figure.
+  runs_by_method = {m: [runs_lib.load_run(d) for d in dirs]
+                    for m, dirs in run_dirs_by_method.items()}
   written = []
-  curves = _curves(run_dirs_by_method, runs_lib.ENTROPY_KEYS[0])
+  curves = _curves(runs_by_method, runs_lib.ENTROPY_KEYS[0])
   if curves:
     path = out_dir / "entropy_curves.png"
     _line_plot(curves, "token entropy before the update (nats)",
                "Policy entropy on its rollouts (mean over seeds, band = "
                "95 % CI)", path)
     written.append(str(path))
-  curves = _curves(run_dirs_by_method, runs_lib.VAL_ACC_KEY)
+  curves = _curves(runs_by_method, runs_lib.VAL_ACC_KEY)
   if curves:
     path = out_dir / "accuracy_curves.png"
     _line_plot(curves, "held-out greedy accuracy",
@@ -84,7 +97,7 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
                path, marker="o")
     written.append(str(path))
   for k in (16, 4):
-    curves = _curves(run_dirs_by_method, f"val/pass_at_{k}")
+    curves = _curves(runs_by_method, f"val/pass_at_{k}")
     if curves:
       path = out_dir / f"pass_at_{k}_curves.png"
       _line_plot(curves, f"held-out pass@{k}",
@@ -92,14 +105,14 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
                  "band = 95 % CI)", path, marker="o")
       written.append(str(path))
       break
-  path = _sources_plot(run_dirs_by_method, out_dir)
+  path = _sources_plot(runs_by_method, out_dir)
   if path:
     written.append(path)
   pts = {}
-  for method, dirs in run_dirs_by_method.items():
+  for method, runs in runs_by_method.items():
     xs, ys = [], []
-    for d in dirs:
-      pairs = runs_lib.exact_dh_pairs(runs_lib.load_run(d))
+    for run in runs:
+      pairs = runs_lib.exact_dh_pairs(run)
       if pairs is not None:
         xs.append(pairs[1])
         ys.append(pairs[2])
@@ -129,14 +142,13 @@ def write_plots(run_dirs_by_method: dict[str, list], out_dir) -> list[str]:
   return written
 
 
-def _sources_plot(run_dirs_by_method, out_dir):
+def _sources_plot(runs_by_method, out_dir):
   """Cumulative exact ΔH by source over the accounted steps, one panel per
   method (mean over seeds), beside the cumulative measured ΔH."""
   panels = {}
-  for method, dirs in run_dirs_by_method.items():
+  for method, runs in runs_by_method.items():
     sums = {}
-    for d in dirs:
-      run = runs_lib.load_run(d)
+    for run in runs:
       srcs = dict(runs_lib.exact_dh_sources(run))
       m = run.get(runs_lib.MEASURED_DH_KEY)
       if m is not None:
@@ -145,12 +157,10 @@ def _sources_plot(run_dirs_by_method, out_dir):
         sums.setdefault(name, []).append((series.step,
                                           np.cumsum(series.value)))
     curves = {}
-    for name, runs in sums.items():
-      common = sorted(set.intersection(*(set(s.tolist()) for s, _ in runs)))
-      if common:
-        vals = np.stack([np.asarray([dict(zip(s.tolist(), v))[c]
-                                     for c in common]) for s, v in runs])
-        curves[name] = (np.asarray(common), vals.mean(0))
+    for name, series in sums.items():
+      aligned = _on_common_steps(series)
+      if aligned is not None:
+        curves[name] = (aligned[0], aligned[1].mean(0))
     if len(curves) > 1:
       panels[method] = curves
   if not panels:

@@ -56,16 +56,22 @@ def pearson(x, y) -> float:
   return runs_lib.pearson(np.asarray(x, float), np.asarray(y, float))[0]
 
 
-def _share(series, positive=lambda v: v > 0) -> float:
+def _mean(series, f=lambda v: v) -> float:
+  """Mean of `f` over the finite values of `series` (NaN when none)."""
   if series is None or not len(series.finite()):
     return math.nan
-  return float(np.mean(positive(series.finite().value)))
+  return float(np.mean(f(series.finite().value)))
 
 
-def _mean(series) -> float:
-  if series is None or not len(series.finite()):
-    return math.nan
-  return float(np.mean(series.finite().value))
+def _share(series) -> float:
+  """Share of the finite values of `series` that are > 0."""
+  return _mean(series, lambda v: v > 0)
+
+
+def _at(series, i) -> float:
+  """The `i`-th finite value of `series` (NaN when none)."""
+  s = series.finite() if series is not None else None
+  return float(s.value[i]) if s is not None and len(s) else math.nan
 
 
 def summarize_run(run_dir, *, final_fraction: float = 0.1) -> dict:
@@ -76,19 +82,9 @@ def summarize_run(run_dir, *, final_fraction: float = 0.1) -> dict:
   has_h = h is not None and len(h) > 0
   n_final = max(1, math.ceil(final_fraction * len(h))) if has_h else 1
 
-  def last(key):
-    s = run.get(key)
-    s = s.finite() if s is not None else None
-    return float(s.value[-1]) if s is not None and len(s) else math.nan
-
-  def first(key):
-    s = run.get(key)
-    s = s.finite() if s is not None else None
-    return float(s.value[0]) if s is not None and len(s) else math.nan
-
   out = {
       "steps": row.steps, "final_acc": row.final_acc,
-      "initial_acc": first(runs_lib.VAL_ACC_KEY),
+      "initial_acc": _at(run.get(runs_lib.VAL_ACC_KEY), 0),
       "final_entropy": (float(np.mean(h.value[-n_final:])) if has_h
                         else math.nan),
       "initial_entropy": float(h.value[0]) if has_h else math.nan,
@@ -100,8 +96,8 @@ def summarize_run(run_dir, *, final_fraction: float = 0.1) -> dict:
       "tabular_corr": row.dh_corr, "tabular_n": row.dh_n,
   }
   for k in PASS_KS:
-    out[f"pass{k}"] = last(f"val/pass_at_{k}")
-    out[f"initial_pass{k}"] = first(f"val/pass_at_{k}")
+    out[f"pass{k}"] = _at(run.get(f"val/pass_at_{k}"), -1)
+    out[f"initial_pass{k}"] = _at(run.get(f"val/pass_at_{k}"), 0)
   for source, s in runs_lib.exact_dh_sources(run).items():
     out[f"dH_{source}"] = float(np.sum(s.finite().value))
   for key in run.keys:
