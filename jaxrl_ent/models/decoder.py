@@ -213,6 +213,13 @@ def _embed(cfg: config_lib.ModelConfig, embed_vd, tokens_bt):
   return sharding.constrain(x, ("act_batch", "act_len", "act_embed"))
 
 
+def _flat_dots() -> bool:
+  """Projections as 2-D matmuls on XLA:CPU (`layers.dense`: its layout
+  assignment transposes 3-D dots' cotangents). Elsewhere the 3-D dots stay,
+  so a sharded length axis (`act_len`) never has to merge with the batch."""
+  return attention_lib.platform() == "cpu"
+
+
 def _qkv(cfg: config_lib.ModelConfig, p, x_btd, cos, sin):
   """Pre-norm, q/k/v projections, optional qk-norm, RoPE."""
   h = layers.rms_norm(x_btd, p["attn_norm"], cfg.rms_norm_eps)
@@ -227,9 +234,10 @@ def _qkv(cfg: config_lib.ModelConfig, p, x_btd, cos, sin):
     k = qkv[..., nq:nq + nk].reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = qkv[..., nq + nk:].reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
   else:
-    q = jnp.einsum("btd,dnh->btnh", h, p["q_w"])
-    k = jnp.einsum("btd,dkh->btkh", h, p["k_w"])
-    v = jnp.einsum("btd,dkh->btkh", h, p["v_w"])
+    flat = _flat_dots()
+    q = layers.dense(h, p["q_w"], flat=flat)
+    k = layers.dense(h, p["k_w"], flat=flat)
+    v = layers.dense(h, p["v_w"], flat=flat)
     if cfg.qkv_bias:
       q, k, v = q + p["q_b"], k + p["k_b"], v + p["v_b"]
   if cfg.qk_norm:
@@ -243,7 +251,8 @@ def _qkv(cfg: config_lib.ModelConfig, p, x_btd, cos, sin):
 
 def _finish_layer(cfg: config_lib.ModelConfig, p, x_btd, attn_btnh):
   """Output projection, residual, pre-norm SwiGLU MLP, residual."""
-  out = jnp.einsum("btnh,nhd->btd", attn_btnh, p["o_w"])
+  flat = _flat_dots()
+  out = layers.dense(attn_btnh, p["o_w"], 2, flat=flat)
   if cfg.o_bias:
     out = out + p["o_b"]
   x = x_btd + out
@@ -257,7 +266,8 @@ def _finish_layer(cfg: config_lib.ModelConfig, p, x_btd, attn_btnh):
     x = x + (y + p["down_b"] if cfg.mlp_bias else y)
   else:
     x = x + layers.swiglu(h, p["gate_w"], p["up_w"], p["down_w"],
-                          p.get("gate_b"), p.get("up_b"), p.get("down_b"))
+                          p.get("gate_b"), p.get("up_b"), p.get("down_b"),
+                          flat=flat)
   return sharding.constrain(x, ("act_batch", "act_len", "act_embed"))
 
 
