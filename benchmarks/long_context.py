@@ -9,7 +9,8 @@ r"""Long sequences: train-step memory vs length, and CPU speed vs PyTorch.
     Goal: temporaries grow at most linearly, temp(32k) / temp(8k) <= 4.5.
 (b) --speed: CPU train step, ours vs transformers + torch eager (SDPA), the
     5M Qwen2 of benchmarks/train_step.py (model pair from its `build_pair`),
-    2 rows × S = 256, 1024, 4096 (1/8 prompt). Calls alternate ours/theirs;
+    2 rows × S = 256, 1024, 4096 (1/8 prompt). Rounds alternate ours/theirs
+    (each side's timed call after one untimed call);
     prints `train step ours/torch at S=<S>: <x>x` (median over calls) and
     the cores other processes used meanwhile (/proc/stat; ~0 = quiet).
 
@@ -20,7 +21,10 @@ r"""Long sequences: train-step memory vs length, and CPU speed vs PyTorch.
     first-fit needs / R, rows of S tokens). Prints the padding fraction
     before/after and `packing at S=<S>: train step unpacked/packed = <x>x`.
 
-  python benchmarks/long_context.py --memory --speed --packing \
+(d) --gemm: the blockwise kernel's block-pair matmul alone, XLA vs torch
+    GFLOP/s (what bounds (b)'s attention share on this CPU).
+
+  python benchmarks/long_context.py --memory --speed --packing --gemm \
       --out=benchmarks/results/long_context.json
   python benchmarks/long_context.py --tiny   # seconds-long smoke run
 """
@@ -137,7 +141,7 @@ def memory(seq_lens, dims_name, impls):
   return out
 
 
-def speed(seq_lens, rows, rounds, size):
+def speed(seq_lens, rows, rounds, size, scan_unroll=1):
   """Train step seconds, ours vs torch, alternating calls."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -149,6 +153,7 @@ def speed(seq_lens, rows, rounds, size):
   dims = {**ts_bench.SIZES, **ts_bench.TINY}[size]
   model, ref = ts_bench.build_pair(dims, max_len=max(seq_lens),
                                    dtype="float32", remat=False,
+                                   scan_unroll=scan_unroll,
                                    device=torch.device("cpu"))
   graphdef, params, rest = state_lib.split_model(model)
   optimizer = optax.adamw(ts_bench.LR, weight_decay=ts_bench.WEIGHT_DECAY)
@@ -189,11 +194,18 @@ def speed(seq_lens, rows, rounds, size):
     ours_s, ref_s, load = [], [], []
     for _ in range(rounds):
       meter = ts_bench.OtherLoad()
+      # One untimed call after each switch: the first XLA call after a torch
+      # step page-faults in the memory torch just freed (measured: 4-8 s of
+      # system time against 0.6 s, our step 2x slower), which a job that
+      # runs only one framework never pays.
+      ours()
       ours_s += common.timeit(ours, 1)
+      theirs()
       ref_s += common.timeit(theirs, 1)
       load.append(meter.cores())
     ratio = common.median(ref_s) / common.median(ours_s)
-    row = {"seq_len": seq, "rows": rows, "ours_s": common.median(ours_s),
+    row = {"seq_len": seq, "rows": rows, "scan_unroll": scan_unroll,
+           "ours_s": common.median(ours_s),
            "torch_s": common.median(ref_s), "ratio": ratio,
            "ours_all_s": ours_s, "torch_all_s": ref_s,
            "other_cores": max(load)}
@@ -201,6 +213,64 @@ def speed(seq_lens, rows, rounds, size):
           f"{row['ours_s'] * 1e3:.0f} ms, torch {row['torch_s'] * 1e3:.0f} "
           f"ms median of {rounds}; other processes used up to "
           f"{row['other_cores']:.2f} cores)", flush=True)
+    out.append(row)
+  return out
+
+
+def gemm_speed(size, rounds, block=256, mlp_tokens=2048, calls=100):
+  """GFLOP/s of the train step's two main matmul shapes, XLA vs torch (MKL).
+
+  `attention block`: one block pair's [K·B, bq·G, H] @ [K·B, H, bkv] product
+  at the `size` model's heads (B = 2 rows), the shape of the blockwise
+  kernel's seven matmuls per block pair; `MLP`: [tokens, D] @ [D, F] at
+  2 × 1024 tokens. f32, both frameworks on all cores, alternating rounds.
+  The ratios bound what the XLA train step can reach against torch here.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  d = {**ts_bench.SIZES, **ts_bench.TINY}[size]
+  kh, g = d["num_key_value_heads"], (d["num_attention_heads"]
+                                     // d["num_key_value_heads"])
+  h = d["hidden_size"] // d["num_attention_heads"]
+  shapes = {"attention block": ((2 * kh, block * g, h), (2 * kh, h, block)),
+            "MLP": ((mlp_tokens, d["hidden_size"]),
+                    (d["hidden_size"], d["intermediate_size"]))}
+  rng = np.random.default_rng(0)
+  f = jax.jit(jnp.matmul)
+  out = []
+  for name, (sa, sb) in shapes.items():
+    a = rng.normal(size=sa).astype(np.float32)
+    b = rng.normal(size=sb).astype(np.float32)
+    flops = 2 * np.prod(sa) * sb[-1]
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+    def ours(ja=ja, jb=jb):
+      for _ in range(calls):
+        r = f(ja, jb)
+      r.block_until_ready()
+
+    def theirs(ta=ta, tb=tb):
+      for _ in range(calls):
+        torch.matmul(ta, tb)
+
+    ours()
+    theirs()
+    ours_s, ref_s = [], []
+    for _ in range(rounds):
+      ours_s += common.timeit(ours, 1)
+      ref_s += common.timeit(theirs, 1)
+    row = {"name": name, "shape": f"{list(sa)} @ {list(sb)}",
+           "xla_gflops": flops * calls / common.median(ours_s) / 1e9,
+           "torch_gflops": flops * calls / common.median(ref_s) / 1e9}
+    row["ratio"] = row["xla_gflops"] / row["torch_gflops"]
+    print(f"{name} matmul {row['shape']} f32: XLA "
+          f"{row['xla_gflops']:.0f} GFLOP/s, torch "
+          f"{row['torch_gflops']:.0f} GFLOP/s (XLA/torch "
+          f"{row['ratio']:.2f}x)", flush=True)
     out.append(row)
   return out
 
@@ -304,6 +374,8 @@ def main():
   ap.add_argument("--memory", action="store_true")
   ap.add_argument("--speed", action="store_true")
   ap.add_argument("--packing", action="store_true")
+  ap.add_argument("--gemm", action="store_true",
+                  help="the attention block's matmul, XLA vs torch GFLOP/s")
   ap.add_argument("--pack_seq_lens", default="1024,4096")
   ap.add_argument("--pack_rows", type=int, default=16)
   ap.add_argument("--mem_seq_lens", default="2048,8192,32768")
@@ -313,11 +385,14 @@ def main():
   ap.add_argument("--rows", type=int, default=2)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--size", default="5M")
+  ap.add_argument("--scan_unroll", type=int, default=1,
+                  help="--speed: layers per scan iteration of our model "
+                  "(1 = the library default; the layer count unrolls all)")
   ap.add_argument("--tiny", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   if args.tiny:
-    args.memory = args.speed = args.packing = True
+    args.memory = args.speed = args.packing = args.gemm = True
     args.mem_seq_lens, args.mem_size, args.seq_lens = "64,128", "tiny", "32"
     args.pack_seq_lens, args.pack_rows = "64", 4
     args.size, args.rounds, args.rows = "tiny", 1, 1
@@ -328,7 +403,9 @@ def main():
                               args.impls.split(","))
   if args.speed:
     result["speed"] = speed(ints(args.seq_lens), args.rows, args.rounds,
-                            args.size)
+                            args.size, args.scan_unroll)
+  if args.gemm:
+    result["gemm"] = gemm_speed(args.size, args.rounds)
   if args.packing:
     result["packing"] = packing_speed(ints(args.pack_seq_lens),
                                       args.pack_rows, args.rounds, args.size)

@@ -147,12 +147,13 @@ def peak_flops(dtype: str) -> tuple[float, str]:
   return float("nan"), f"{name}: peak unknown"
 
 
-def build_pair(dims, *, max_len, dtype, remat, device):
+def build_pair(dims, *, max_len, dtype, remat, device, scan_unroll=1):
   """(our model, the transformers model) with the same random weights.
 
   `dims` are Qwen2 config fields (+ optional `tie`); both sides get
   `dtype` parameters and activations, and with `remat` both recompute each
-  layer in the backward pass (the same trade on both sides).
+  layer in the backward pass (the same trade on both sides). `scan_unroll`:
+  ours only (`ModelConfig.scan_unroll`, layers per iteration of the scan).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -166,7 +167,8 @@ def build_pair(dims, *, max_len, dtype, remat, device):
     ref = tiny_hf.write_checkpoint(d, "qwen2", tie=tie,
                                    max_position_embeddings=max_len, **dims)
     model = models.from_pretrained(d, dtype=jdtype, param_dtype=jdtype,
-                                   options={"remat": remat})
+                                   options={"remat": remat,
+                                            "scan_unroll": scan_unroll})
   ref = ref.to(device=device, dtype=tdtype)
   if remat:
     ref.gradient_checkpointing_enable(

@@ -22,6 +22,10 @@ class LongContextSmokeTest(absltest.TestCase):
     self.assertEqual({r["impl"] for r in result["memory"]},
                      {"blockwise", "xla_naive"})
     self.assertGreater(result["speed"][0]["ratio"], 0)
+    self.assertIn("attention block matmul [4, 512, 8] @ [4, 8, 256]",
+                  proc.stdout)
+    self.assertIn("MLP matmul [2048, 32] @ [32, 64]", proc.stdout)
+    self.assertTrue(all(r["xla_gflops"] > 0 for r in result["gemm"]))
     self.assertIn("packing at S=64: 4 rows -> ", proc.stdout)
     (pack,) = result["packing"]
     self.assertLess(pack["padding_after"], pack["padding_before"])
