@@ -31,7 +31,8 @@ def median(xs):
 
 
 def print_table(rows: list[dict], columns: list[str]):
-  widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows))
+  # `max(len(c), *lengths)` alone fails on an empty sweep (`--gen_batches=`).
+  widths = [max([len(c)] + [len(f"{r.get(c, '')}") for r in rows])
             for c in columns]
   line = " | ".join(c.ljust(w) for c, w in zip(columns, widths))
   print(line)
