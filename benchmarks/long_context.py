@@ -21,8 +21,9 @@ r"""Long sequences: train-step memory vs length, and CPU speed vs PyTorch.
     first-fit needs / R, rows of S tokens). Prints the padding fraction
     before/after and `packing at S=<S>: train step unpacked/packed = <x>x`.
 
-(d) --gemm: the blockwise kernel's block-pair matmul alone, XLA vs torch
-    GFLOP/s (what bounds (b)'s attention share on this CPU).
+(d) --gemm: the step's two main matmul shapes alone (the blockwise kernel's
+    block-pair product and the MLP's), XLA vs torch GFLOP/s: what bounds
+    (b) on this CPU.
 
   python benchmarks/long_context.py --memory --speed --packing --gemm \
       --out=benchmarks/results/long_context.json
@@ -375,7 +376,8 @@ def main():
   ap.add_argument("--speed", action="store_true")
   ap.add_argument("--packing", action="store_true")
   ap.add_argument("--gemm", action="store_true",
-                  help="the attention block's matmul, XLA vs torch GFLOP/s")
+                  help="the attention block's and the MLP's matmul, XLA vs "
+                  "torch GFLOP/s")
   ap.add_argument("--pack_seq_lens", default="1024,4096")
   ap.add_argument("--pack_rows", type=int, default=16)
   ap.add_argument("--mem_seq_lens", default="2048,8192,32768")

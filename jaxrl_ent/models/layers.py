@@ -97,9 +97,10 @@ def dense(x, w, in_dims: int = 1, *, flat: bool = False):
   [prod(...), prod(I)] @ [prod(I), prod(O)]: the same values, but on
   XLA:CPU autodiff's weight gradient of a 2-D dot is `dot(xᵀ, dy)` straight
   from the row-major cotangent, while for the 3-D dot its layout assignment
-  first transposes the whole [tokens, F] cotangent in a loop fusion (measured
-  in `benchmarks/long_context.py --speed`: 0.83 s of a 4.2 s train step at
-  2 × 4096 tokens, the MLP's two [8192, 704] transposes per layer).
+  first transposes the whole [tokens, F] cotangent in a loop fusion (a
+  `jax.profiler` trace of the train step at `benchmarks/long_context.py
+  --speed`'s 2 × 4096 tokens: the MLP's two [8192, 704] transposes per layer,
+  0.83 s of a 4.2 s step; docs/performance.md).
   """
   lead, ins = x.shape[:x.ndim - in_dims], x.shape[x.ndim - in_dims:]
   if tuple(w.shape[:in_dims]) != tuple(ins):
