@@ -139,8 +139,13 @@ class UpdateTest(parameterized.TestCase):
       state = update_lib.init_state(spec, params, hp)
       out[name] = update(state, batch, key, params)
     (s_ref, m_ref), (s_pack, m_pack) = out["unpacked"], out["packed"]
-    _close(s_pack.params, s_ref.params, atol=2e-6, rtol=1e-4)
-    _close(s_pack.opt_state, s_ref.opt_state, atol=2e-6, rtol=1e-4)
+    # To 1e-3 of one step (lr 1e-2): Adam's normalisation turns the float
+    # rounding of a near-zero gradient coordinate into a visible share of a
+    # step (3.8e-6 seen on one weight, in one CI run of four updates); the
+    # packed forwards' values and gradients are compared tightly in
+    # tests/models/packing_test.py. A wiring error moves weights by O(lr).
+    _close(s_pack.params, s_ref.params, atol=1e-5, rtol=1e-4)
+    _close(s_pack.opt_state, s_ref.opt_state, atol=1e-5, rtol=1e-4)
     for k in ("actor/loss", "actor/entropy", "entropy/measured_dH",
               "entropy/dH_pred_exact/total", "actor/entropy_before_update"):
       np.testing.assert_allclose(m_pack[k], m_ref[k], atol=1e-5, rtol=1e-4,
