@@ -237,6 +237,31 @@ def completion_hidden(model, packed: Packed):
   return gather_completion(hidden, packed)
 
 
+def forward_completion_hidden(model, tokens_rs, positions_rs,
+                              attention_mask_rs, completion_len: int,
+                              pack=None):
+  """Hidden states [R, C, D] predicting each completion token of the rows:
+  on packed rows when `pack` = (packed rows, row length) is given and they
+  fit (`pack_traced`), else the unpacked forward's `hidden[:, P - 1:-1]`.
+  The one place the policy's log-prob/train passes and the critic choose
+  between the two (jittable; differentiable in the model's params)."""
+  p = tokens_rs.shape[1] - completion_len
+
+  def unpacked():
+    hidden, _ = model.hidden_states(tokens_rs, positions_rs,
+                                    attention_mask_rs)
+    # The hidden state at t predicts token t + 1.
+    return hidden[:, p - 1:-1]
+
+  if pack is None:
+    return unpacked()
+  packed, fits = pack_traced(tokens_rs, positions_rs, attention_mask_rs,
+                             completion_len, *pack)
+  # Under `jax.vmap` (replicas) both branches run.
+  return jax.lax.cond(fits, lambda: completion_hidden(model, packed),
+                      unpacked)
+
+
 def padding_fraction(mask) -> float:
   """Fraction of slots that are padding: `attention_mask` [R, S] before
   packing, `segment_ids` [Rp, L] (0 = padding) after (`perf/padding_fraction`)."""

@@ -19,7 +19,9 @@ Either way the critic's parameters and optimizer state ride in
 `sharding.train_state_shardings`, checkpointed and restored with the rest,
 and `jax.vmap(update)` over replicas carries them. The value head reads the
 hidden state that precedes each completion token (verl's
-`values[:, -C - 1:-1]`, the same slice the log-probs use), in float32.
+`values[:, -C - 1:-1]`, the same slice the log-probs use), in float32. With
+sequence packing on (`train.pack_fraction`) the trunk runs on the same
+packed rows as the policy's passes (`packing.forward_completion_hidden`).
 
 The value loss is verl `compute_value_loss`:
 
@@ -45,6 +47,7 @@ import optax
 from flax import nnx
 from flax import struct
 
+from jaxrl_ent.models import packing
 from jaxrl_ent.rl import aggregation
 from jaxrl_ent.rl import hparams as hparams_lib
 
@@ -142,7 +145,7 @@ def init_state(spec: CriticSpec, policy_params, hp) -> CriticState:
 
 
 def values(graphdef, rest, spec: CriticSpec, critic_params, policy_params,
-           tokens, positions, attention_mask, prompt_len: int):
+           tokens, positions, attention_mask, prompt_len: int, pack=None):
   """`V_t` float32 [R, C] for the completion tokens (not masked).
 
   Args:
@@ -152,14 +155,18 @@ def values(graphdef, rest, spec: CriticSpec, critic_params, policy_params,
       gradient flows into them).
     tokens, positions, attention_mask: int32 [R, S].
     prompt_len: P (static).
+    pack: (packed rows, row length) to run the trunk on packed rows
+      (`packing.forward_completion_hidden`, the policy's passes' choice;
+      `LossConfig.pack_shape`), None for the unpacked rows.
   """
   if spec.kind == "model":
     trunk = critic_params["trunk"]
   else:
     trunk = jax.lax.stop_gradient(policy_params)
   model = nnx.merge(graphdef, trunk, rest)
-  hidden, _ = model.hidden_states(tokens, positions, attention_mask)
-  h_rcd = hidden[:, prompt_len - 1:-1].astype(_F32)
+  h_rcd = packing.forward_completion_hidden(
+      model, tokens, positions, attention_mask,
+      tokens.shape[1] - prompt_len, pack).astype(_F32)
   if spec.kind == "head":
     h_rcd = jax.lax.stop_gradient(h_rcd)
   head = critic_params["head"]
@@ -229,17 +236,22 @@ class CriticBatch:
   returns: jax.Array
 
 
-def make_step(graphdef, rest, spec: CriticSpec, num_micro_batches: int):
+def make_step(graphdef, rest, spec: CriticSpec, num_micro_batches: int,
+              pack_shape=None):
   """`step(critic_state, policy_params, batch, hp) -> (critic_state, metrics)`:
   one critic optimizer update on a mini-batch, its gradient the mean over
   `num_micro_batches` micro-batches (as the policy's), skipped when not
-  finite."""
+  finite. `pack_shape(rows, seq)`: the packed shape of a micro-batch's
+  forward or None (`LossConfig.pack_shape`, so the critic packs exactly
+  when the policy's train pass does); None = never pack."""
   m = num_micro_batches
 
   def loss_fn(cparams, policy_params, micro: CriticBatch, cliprange):
     p = micro.tokens.shape[1] - micro.completion_mask.shape[1]
+    pack = pack_shape(*micro.tokens.shape) if pack_shape else None
     vpreds = values(graphdef, rest, spec, cparams, policy_params,
-                    micro.tokens, micro.positions, micro.attention_mask, p)
+                    micro.tokens, micro.positions, micro.attention_mask, p,
+                    pack)
     loss, clipfrac = value_loss(
         vpreds, micro.returns, micro.values, micro.completion_mask, cliprange,
         agg_mode=spec.agg_mode, loss_scale_factor=spec.loss_scale_factor)

@@ -129,22 +129,9 @@ def completion_stats(model, batch: RLBatch, *, temperature, token_chunk,
   the unpacked rows.
   """
   p = batch.prompt_len
-
-  def unpacked():
-    hidden, _ = model.hidden_states(batch.tokens, batch.positions,
-                                    batch.attention_mask)
-    # The hidden state at t predicts token t + 1.
-    return hidden[:, p - 1:-1]
-
-  if pack is None:
-    hidden = unpacked()
-  else:
-    packed, fits = packing.pack_traced(
-        batch.tokens, batch.positions, batch.attention_mask,
-        batch.completion_mask.shape[1], *pack)
-    # Under `jax.vmap` (replicas) both branches run.
-    hidden = jax.lax.cond(
-        fits, lambda: packing.completion_hidden(model, packed), unpacked)
+  hidden = packing.forward_completion_hidden(
+      model, batch.tokens, batch.positions, batch.attention_mask,
+      batch.completion_mask.shape[1], pack)
   return token_stats_lib.token_stats(
       hidden, model.head_weight(), batch.tokens[:, p:],
       temperature=temperature, token_chunk=token_chunk,

@@ -247,7 +247,9 @@ def make_update(graphdef, rest, spec: UpdateSpec):
   estimator = registry.get_advantage_estimator(spec.estimator)
   stats = functools.partial(_stats, graphdef, rest, spec.loss)
   cspec = spec.critic
-  critic_step = (critic_lib.make_step(graphdef, rest, cspec, m)
+  # The critic's forwards pack exactly when the policy's do.
+  critic_step = (critic_lib.make_step(graphdef, rest, cspec, m,
+                                      spec.loss.pack_shape)
                  if cspec is not None else None)
 
   def update(state: state_lib.TrainState, batch: RolloutBatch, key,
@@ -295,7 +297,8 @@ def make_update(graphdef, rest, spec: UpdateSpec):
       old_values = jax.lax.stop_gradient(critic_lib.values(
           graphdef, rest, cspec, state.critic.params, state.params,
           batch.tokens, batch.positions, batch.attention_mask,
-          probe.prompt_len)) * mask
+          probe.prompt_len,
+          spec.loss.pack_shape(*batch.tokens.shape))) * mask
       adv, returns = advantages_lib.gae_advantages(
           token_rewards, old_values, mask, gamma=hp["advantage.gamma"],
           lam=hp["advantage.lam"])
