@@ -585,8 +585,23 @@ def rollout_weights(policy: decoder.DecoderLM) -> decoder.DecodeWeights:
   return policy.decode_weights(fuse=fuses_projections())
 
 
+def _running(done, axis_name):
+  """The decode loop's test: some row is not done. With `axis_name` (a
+  `jax.vmap` axis over replicas) the test is shared by all replicas, so it is
+  not batched: vmap of a `while_loop` with a batched test keeps every replica
+  looping and selects each carry leaf, the whole KV cache included, between
+  the new and the old value on every token (a quarter of a 4-replica
+  rollout's time at the main job's shapes). A replica whose rows are done
+  meanwhile steps on as a no-op: done rows write nowhere, and no row runs
+  past its budget, so the cache columns stay in range."""
+  running = ~jnp.all(done)
+  if axis_name is None:
+    return running
+  return jax.lax.pmax(running.astype(jnp.int32), axis_name) > 0
+
+
 def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
-                    row_budgets=None) -> Rollout:
+                    row_budgets=None, *, axis_name=None) -> Rollout:
   """The traceable core of `generate` (call it inside your own jit or vmap).
 
   Args:
@@ -595,6 +610,9 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
     key: PRNG key.
     params: sampling settings (static).
     row_budgets: optional int [R] per-row budgets (<= C).
+    axis_name: under `jax.vmap(..., axis_name=...)` over replicas, that name:
+      one loop test for all replicas (see `_running`); the rollouts are the
+      same either way.
   """
   n = params.n_samples
   rows = tokens_bp.shape[0] * n
@@ -607,7 +625,7 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
                            row_budgets=row_budgets)
   if slots == rows:  # Static batch: every row has its slot from the start.
     prompt_len_r = jnp.repeat(queue.cache.lengths - queue.cache.starts, n)
-    carry = jax.lax.while_loop(lambda c: ~jnp.all(c.done),
+    carry = jax.lax.while_loop(lambda c: _running(c.done, axis_name),
                                lambda c: step(prompt_len_r, c), carry)
   else:
     def body(state):
@@ -616,8 +634,8 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
       return refill(queue, carry, prompt_len_s, next_row, params)
     state = (carry, carry.cache.lengths - carry.cache.starts,
              jnp.asarray(slots, jnp.int32))
-    carry, _, _ = jax.lax.while_loop(lambda s: ~jnp.all(s[0].done), body,
-                                     state)
+    carry, _, _ = jax.lax.while_loop(
+        lambda s: _running(s[0].done, axis_name), body, state)
   return _assemble(tokens_bp, mask_bp, carry, params, row_budgets)
 
 

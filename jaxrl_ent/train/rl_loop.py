@@ -99,11 +99,12 @@ def _place(x, target):
 
 
 def _stacked_generate(graphdef, rest, params: sampler.SamplingParams):
-  """Rollout of every replica at once: vmap of the traceable sampler."""
+  """Rollout of every replica at once: vmap of the traceable sampler, with
+  one decode-loop test for all replicas (`sampler.generate_arrays`)."""
   def one(p, tokens, mask, key):
     return sampler.generate_arrays(nnx.merge(graphdef, p, rest), tokens,
-                                   mask, key, params)
-  return jax.jit(jax.vmap(one))
+                                   mask, key, params, axis_name="replicas")
+  return jax.jit(jax.vmap(one, axis_name="replicas"))
 
 
 def _restore(runs, abstract, config):
@@ -326,6 +327,9 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
             jax.random.split(keys[0], 3)[0],
             prompt_buckets=(batches[0]["tokens"].shape[1],), mesh=mesh,
             **sampling)
+    # Dispatch is asynchronous: wait, so the time is the rollout's (the
+    # scoring below needs the tokens anyway).
+    out = jax.block_until_ready(out)
     rollout_s = time.perf_counter() - start
     # Each process scores its own rows; then every process holds all scores.
     scored = []
@@ -340,6 +344,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
           batch_timeout_s=config.reward.get("batch_timeout_s", None)),
           block))
     rewards = np.stack([s.rewards for s in scored]).astype(np.float32)
+    reward_s = time.perf_counter() - start - rollout_s
     measure = bool(t.measure_every) and step % t.measure_every == 0
     with sharding.use_mesh(mesh, rules):
       batch = update_lib.RolloutBatch.from_rollout(
@@ -349,6 +354,7 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
       state, train_m = fn(state, batch,
                           jnp.stack(keys) if stacked else keys[0], ref)
     train_m = jax.device_get(train_m)
+    update_s = time.perf_counter() - start - rollout_s - reward_s
     masks = host(out.completion_mask).astype(bool)
     lengths_all = host(out.lengths)
     ents = host(out.entropy)
@@ -371,6 +377,8 @@ def train_and_evaluate(config, workdir, replicas=None) -> dict:
               np.mean(lengths >= config.rollout.max_new_tokens)),
           "rollout/entropy": float(pick(ents)[valid].mean()),
           "perf/time_rollout": rollout_s,
+          "perf/time_reward": reward_s,
+          "perf/time_update": update_s,
           "perf/step_time": step_s,
           "perf/throughput": float(np.sum(tokens_all)) / step_s,
       })

@@ -95,9 +95,13 @@ class ContinuousTest(parameterized.TestCase):
                            num_slots=4)
     np.testing.assert_array_equal(out.lengths, 10)
 
-  def test_vmap_over_stacked_params(self):
+  @parameterized.product(continuous=(False, True),
+                          axis_name=(None, "replicas"))
+  def test_vmap_over_stacked_params(self, continuous, axis_name):
     # A seeds axis: two parameter copies, one program; each copy gets the
-    # rollout it gets on its own.
+    # rollout it gets on its own, also when one replica's rows are all done
+    # long before the other's (budgets 2 vs 6): with `axis_name` (the
+    # trainer's replicas) it steps on as a no-op until the other is done.
     graphdef, state = nnx.split(self.model)
     other = jax.tree.map(lambda x: x * 1.5 if x.ndim == 2 else x, state)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), state, other)
@@ -106,18 +110,26 @@ class ContinuousTest(parameterized.TestCase):
     for i, p in enumerate(PROMPTS):
       ids[i, 6 - len(p):], mask[i, 6 - len(p):] = p, 1
     params = sampler.SamplingParams(max_new_tokens=6, n_samples=2,
-                                    stop_token_ids=(11,), continuous=True,
-                                    num_slots=3)
+                                    stop_token_ids=(11,),
+                                    continuous=continuous, num_slots=3)
     key = jax.random.key(5)
+    rows = 2 * len(PROMPTS)
+    budgets = np.stack([np.full(rows, 2), np.full(rows, 6)]).astype(np.int32)
 
-    def run(st):
+    def run(st, budget, axis=None):
       return sampler.generate_arrays(nnx.merge(graphdef, st), ids, mask, key,
-                                     params)
-    both = jax.jit(jax.vmap(run))(stacked)
+                                     params, budget, axis_name=axis)
+    both = jax.jit(jax.vmap(functools.partial(run, axis=axis_name),
+                            axis_name=axis_name))(stacked, budgets)
     for i, st in enumerate((state, other)):
-      one = jax.jit(run)(st)
-      np.testing.assert_array_equal(both.tokens[i], one.tokens)
+      one = jax.jit(run)(st, budgets[i])
+      for name in ("tokens", "completion_mask", "lengths"):
+        np.testing.assert_array_equal(getattr(both, name)[i],
+                                      getattr(one, name), err_msg=name)
       np.testing.assert_allclose(both.logp[i], one.logp, atol=1e-6)
+      np.testing.assert_allclose(both.entropy[i], one.entropy, atol=1e-6)
+    self.assertLessEqual(int(both.lengths[0].max()), 2)
+    self.assertGreater(int(both.lengths[1].max()), 2)
     self.assertFalse(np.array_equal(both.tokens[0], both.tokens[1]))
 
   def test_int8_cache_logp_mismatch_is_small(self):

@@ -37,6 +37,11 @@ class TrainSmokeTest(parameterized.TestCase):
       self.assertIn(name, last)
       self.assertTrue(math.isfinite(last[name]), (name, last[name]))
     self.assertEqual(last["train/skipped_steps"], 0.0)
+    # The step time's parts, in order within the step: they add up to at
+    # most the whole.
+    parts = [last[f"perf/time_{p}"] for p in ("rollout", "reward", "update")]
+    self.assertTrue(all(p > 0 for p in parts), parts)
+    self.assertLessEqual(sum(parts), last["perf/step_time"] + 1e-9)
     if method != "none":
       stage = method.replace("_annealed", "")
       self.assertIn(f"entropy/dH_pred_tabular/{stage}", last)
