@@ -17,9 +17,18 @@ checkpoint at the end:
 
 Rewards are scored on the host for every completion on both sides. Prints
 the wall time of each side (compilation included: what a user waits for),
-the steady-state step time (median `perf/step_time` after the first step;
-for the sequential side the sum over runs), and
+the steady-state step time and its rollout part (medians of
+`perf/step_time` and `perf/time_rollout` after the first step; for the
+sequential side the sums over runs), and
 `seed sweep speed-up ratio: <x>` (wall time).
+
+  python benchmarks/seed_sweep.py --rollout_only --seeds=4
+
+times only the rollout, interleaved, at the main job's shapes (32 prompts
+× 8 samples, 12 new tokens, random weights): the trainer's vmapped sampler
+(one decode-loop test shared by the replicas, `axis_name`), the same vmap
+without it (each replica's own test: vmap turns the loop into a select of
+the whole carry on every token), and S sequential calls.
 """
 
 import os
@@ -40,6 +49,9 @@ _SEEDS = flags.DEFINE_integer("seeds", 16, "replicas / runs")
 _STEPS = flags.DEFINE_integer("steps", 20, "RL steps per run")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/seed_sweep.json",
                            "JSON results")
+_ROLLOUT_ONLY = flags.DEFINE_bool("rollout_only", False,
+                                  "time only the rollout (see docstring)")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "--rollout_only: timed calls")
 
 
 def _config(steps):
@@ -57,10 +69,73 @@ def _config(steps):
   return c
 
 
-def _steady(rows):
-  times = [r["perf/step_time"] for r in rows if r["step"] > 1
-           and "perf/step_time" in r]
+def _steady(rows, key="perf/step_time"):
+  times = [r[key] for r in rows if r["step"] > 1 and key in r]
   return statistics.median(times) if times else float("nan")
+
+
+def _rollout_only(s, repeats):
+  """The vmapped rollout (shared / per-replica loop test) vs S calls."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.rl import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.rollout import sampler  # pylint: disable=g-import-not-at-top
+  c = _config(1)
+  m = c.model
+  cfg = models.ModelConfig(
+      model_type="qwen2", vocab_size=c.data.tokenizer_vocab_size,
+      hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+      num_layers=m.num_layers, num_heads=m.num_heads,
+      num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+      qkv_bias=True, max_position_embeddings=m.max_position_embeddings)
+  splits = [state_lib.split_model(models.init_model(cfg, seed=i))
+            for i in range(s)]
+  graphdef, _, rest = splits[0]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[x[1] for x in splits])
+  params = sampler.SamplingParams(
+      max_new_tokens=c.rollout.max_new_tokens, n_samples=c.rollout.n_samples,
+      return_entropy=True, stop_token_ids=(1,), pad_id=0)
+  rng = np.random.default_rng(0)
+  prompts, plen = c.train.prompts_per_step, 16
+  tokens = rng.integers(2, cfg.vocab_size, (s, prompts, plen), np.int32)
+  mask = np.ones_like(tokens)
+  mask[:, :, :4] = 0  # left padding
+  keys = jax.random.split(jax.random.key(0), s)
+
+  def one(p, t, k, mk, axis=None):
+    return sampler.generate_arrays(nnx.merge(graphdef, p, rest), t, mk, k,
+                                   params, axis_name=axis)
+  shared = jax.jit(jax.vmap(lambda *a: one(*a, axis="r"), axis_name="r"))
+  own = jax.jit(jax.vmap(one))
+  single = jax.jit(one)
+  sides = {
+      "vmap, shared loop test (trainer)": lambda: shared(
+          stacked, tokens, keys, mask),
+      "vmap, per-replica loop test": lambda: own(stacked, tokens, keys, mask),
+      f"sequential ({s} calls)": lambda: [
+          single(splits[i][1], tokens[i], keys[i], mask[i])
+          for i in range(s)]}
+  for fn in sides.values():  # compile
+    jax.block_until_ready(fn())
+  times = {k: [] for k in sides}
+  for _ in range(repeats):  # interleaved
+    for k, fn in sides.items():
+      times[k].extend(common.timeit(lambda fn=fn: jax.block_until_ready(fn()),
+                                    1))
+  med = {k: statistics.median(v) for k, v in times.items()}
+  print(f"rollout of {s} replicas: {prompts} prompts × "
+        f"{params.n_samples} samples × {params.max_new_tokens} new tokens, "
+        f"median of {repeats} interleaved calls")
+  common.print_table([{"side": k, "ms": f"{v * 1e3:.1f}"}
+                      for k, v in med.items()], ["side", "ms"])
+  names = list(med)
+  print(f"rollout sequential / vmap shared test: "
+        f"{med[names[2]] / med[names[0]]:.2f}x; per-replica test / shared: "
+        f"{med[names[1]] / med[names[0]]:.2f}x")
+  return {"seeds": s, "rollout_median_s": med}
 
 
 def main(argv):
@@ -70,6 +145,10 @@ def main(argv):
   from jaxrl_ent.train import metrics  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   s, steps = _SEEDS.value, _STEPS.value
+  if _ROLLOUT_ONLY.value:
+    out = _rollout_only(s, _REPEATS.value)
+    common.write_json(_OUT.value, {"machine": common.machine(), **out})
+    return
   root = tempfile.mkdtemp(prefix="seed_sweep_")
 
   config = _config(steps)
@@ -77,25 +156,30 @@ def main(argv):
   start = time.perf_counter()
   rl_loop.train_and_evaluate(config, f"{root}/vectorised")
   vec_wall = time.perf_counter() - start
-  vec_step = _steady(metrics.read_jsonl(
-      f"{root}/vectorised/replicas/seed0"))
+  vec_rows = metrics.read_jsonl(f"{root}/vectorised/replicas/seed0")
+  vec_step = _steady(vec_rows)
+  vec_roll = _steady(vec_rows, "perf/time_rollout")
 
   start = time.perf_counter()
-  seq_steps = []
+  seq_steps, seq_rolls = [], []
   for seed in range(s):
     config = _config(steps)
     config.seed = seed
     rl_loop.train_and_evaluate(config, f"{root}/seed{seed}")
-    seq_steps.append(_steady(metrics.read_jsonl(f"{root}/seed{seed}")))
+    rows = metrics.read_jsonl(f"{root}/seed{seed}")
+    seq_steps.append(_steady(rows))
+    seq_rolls.append(_steady(rows, "perf/time_rollout"))
   seq_wall = time.perf_counter() - start
 
   rows = [{"side": "vectorised (one program)", "wall_s": f"{vec_wall:.1f}",
-           "step_s": f"{vec_step:.3f}"},
+           "step_s": f"{vec_step:.3f}", "rollout_s": f"{vec_roll:.3f}"},
           {"side": f"sequential ({s} runs)", "wall_s": f"{seq_wall:.1f}",
-           "step_s": f"{sum(seq_steps):.3f}"}]
+           "step_s": f"{sum(seq_steps):.3f}",
+           "rollout_s": f"{sum(seq_rolls):.3f}"}]
   print(f"{s} seeds × {steps} RL steps of configs/grpo_tiny.py "
-        f"(step_s: steady-state time of one RL step of all seeds)")
-  common.print_table(rows, ["side", "wall_s", "step_s"])
+        f"(step_s: steady-state time of one RL step of all seeds; "
+        f"rollout_s: its rollout)")
+  common.print_table(rows, ["side", "wall_s", "step_s", "rollout_s"])
   ratio = seq_wall / vec_wall
   print(f"steady-state step speed-up ratio: {sum(seq_steps) / vec_step:.2f}")
   print(f"seed sweep speed-up ratio: {ratio:.2f}")
@@ -103,7 +187,8 @@ def main(argv):
       "machine": common.machine(), "seeds": s, "steps": steps,
       "vectorised_wall_s": vec_wall, "sequential_wall_s": seq_wall,
       "vectorised_step_s": vec_step, "sequential_step_s": sum(seq_steps),
-      "speedup": ratio})
+      "vectorised_rollout_s": vec_roll,
+      "sequential_rollout_s": sum(seq_rolls), "speedup": ratio})
 
 
 if __name__ == "__main__":
