@@ -83,14 +83,12 @@ def _rollout_only(s, repeats):
   from jaxrl_ent import models  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rl import state as state_lib  # pylint: disable=g-import-not-at-top
   from jaxrl_ent.rollout import sampler  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import policy_setup  # pylint: disable=g-import-not-at-top
+  from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   c = _config(1)
-  m = c.model
-  cfg = models.ModelConfig(
-      model_type="qwen2", vocab_size=c.data.tokenizer_vocab_size,
-      hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-      num_layers=m.num_layers, num_heads=m.num_heads,
-      num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-      qkv_bias=True, max_position_embeddings=m.max_position_embeddings)
+  # The main job's model; only the tokenizer's size is read from it (random
+  # prompts here, no tokenizer to train).
+  cfg = policy_setup.tiny_model_config(c, range(c.data.tokenizer_vocab_size))
   splits = [state_lib.split_model(models.init_model(cfg, seed=i))
             for i in range(s)]
   graphdef, _, rest = splits[0]
@@ -105,18 +103,18 @@ def _rollout_only(s, repeats):
   mask[:, :, :4] = 0  # left padding
   keys = jax.random.split(jax.random.key(0), s)
 
-  def one(p, t, k, mk, axis=None):
+  def one(p, t, mk, k):
     return sampler.generate_arrays(nnx.merge(graphdef, p, rest), t, mk, k,
-                                   params, axis_name=axis)
-  shared = jax.jit(jax.vmap(lambda *a: one(*a, axis="r"), axis_name="r"))
+                                   params)
+  shared = rl_loop._stacked_generate(graphdef, rest, params)  # pylint: disable=protected-access
   own = jax.jit(jax.vmap(one))
   single = jax.jit(one)
   sides = {
       "vmap, shared loop test (trainer)": lambda: shared(
-          stacked, tokens, keys, mask),
-      "vmap, per-replica loop test": lambda: own(stacked, tokens, keys, mask),
+          stacked, tokens, mask, keys),
+      "vmap, per-replica loop test": lambda: own(stacked, tokens, mask, keys),
       f"sequential ({s} calls)": lambda: [
-          single(splits[i][1], tokens[i], keys[i], mask[i])
+          single(splits[i][1], tokens[i], mask[i], keys[i])
           for i in range(s)]}
   for fn in sides.values():  # compile
     jax.block_until_ready(fn())
