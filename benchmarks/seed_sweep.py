@@ -26,9 +26,14 @@ sequential side the sums over runs), and
 
 times only the rollout, interleaved, at the main job's shapes (32 prompts
 × 8 samples, 12 new tokens, random weights): the trainer's vmapped sampler
-(one decode-loop test shared by the replicas, `axis_name`), the same vmap
-without it (each replica's own test: vmap turns the loop into a select of
-the whole carry on every token), and S sequential calls.
+(the decode loop's test and the other length-dependent branches shared by
+the replicas, `axis_name`), the same vmap without it (each replica's own
+tests: vmap turns the loop and each `cond` into a select of the whole carry
+on every token), and S sequential calls.
+`--continuous=<slots>` decodes with continuous batching and `--kv_block=8`
+splits the cache into several blocks, so the two other length-dependent
+branches a replica axis shares (the refill, the blocks each step reads) are
+in the program too.
 """
 
 import os
@@ -52,6 +57,12 @@ _OUT = flags.DEFINE_string("out", "benchmarks/results/seed_sweep.json",
 _ROLLOUT_ONLY = flags.DEFINE_bool("rollout_only", False,
                                   "time only the rollout (see docstring)")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "--rollout_only: timed calls")
+_CONTINUOUS = flags.DEFINE_integer(
+    "continuous", 0, "--rollout_only: continuous batching over this many "
+    "decode slots (0: the main job's static batch)")
+_KV_BLOCK = flags.DEFINE_integer(
+    "kv_block", 0, "--rollout_only: cache columns per decode-attention block "
+    "(0: the sampler's default, one block at the main job's shapes)")
 
 
 def _config(steps):
@@ -74,7 +85,7 @@ def _steady(rows, key="perf/step_time"):
   return statistics.median(times) if times else float("nan")
 
 
-def _rollout_only(s, repeats):
+def _rollout_only(s, repeats, slots=0, kv_block=0):
   """The vmapped rollout (shared / per-replica loop test) vs S calls."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -95,7 +106,9 @@ def _rollout_only(s, repeats):
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *[x[1] for x in splits])
   params = sampler.SamplingParams(
       max_new_tokens=c.rollout.max_new_tokens, n_samples=c.rollout.n_samples,
-      return_entropy=True, stop_token_ids=(1,), pad_id=0)
+      return_entropy=True, stop_token_ids=(1,), pad_id=0,
+      continuous=slots > 0, num_slots=slots, decode_attention="blockwise",
+      **({"kv_block": kv_block} if kv_block else {}))
   rng = np.random.default_rng(0)
   prompts, plen = c.train.prompts_per_step, 16
   tokens = rng.integers(2, cfg.vocab_size, (s, prompts, plen), np.int32)
@@ -126,14 +139,16 @@ def _rollout_only(s, repeats):
   med = {k: statistics.median(v) for k, v in times.items()}
   print(f"rollout of {s} replicas: {prompts} prompts × "
         f"{params.n_samples} samples × {params.max_new_tokens} new tokens, "
-        f"median of {repeats} interleaved calls")
+        f"{f'{slots} slots' if slots else 'static batch'}, kv_block "
+        f"{params.kv_block}, median of {repeats} interleaved calls")
   common.print_table([{"side": k, "ms": f"{v * 1e3:.1f}"}
                       for k, v in med.items()], ["side", "ms"])
   names = list(med)
   print(f"rollout sequential / vmap shared test: "
         f"{med[names[2]] / med[names[0]]:.2f}x; per-replica test / shared: "
         f"{med[names[1]] / med[names[0]]:.2f}x")
-  return {"seeds": s, "rollout_median_s": med}
+  return {"seeds": s, "num_slots": slots, "kv_block": params.kv_block,
+          "rollout_median_s": med}
 
 
 def main(argv):
@@ -144,7 +159,8 @@ def main(argv):
   from jaxrl_ent.train import rl_loop  # pylint: disable=g-import-not-at-top
   s, steps = _SEEDS.value, _STEPS.value
   if _ROLLOUT_ONLY.value:
-    out = _rollout_only(s, _REPEATS.value)
+    out = _rollout_only(s, _REPEATS.value, _CONTINUOUS.value,
+                        _KV_BLOCK.value)
     common.write_json(_OUT.value, {"machine": common.machine(), **out})
     return
   root = tempfile.mkdtemp(prefix="seed_sweep_")

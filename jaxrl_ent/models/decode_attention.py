@@ -133,7 +133,7 @@ def full(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
 
 
 def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
-              starts_b=None, *, block: int):
+              starts_b=None, *, block: int, axis_name=None):
   """Online-softmax attention over the filled blocks only (same as `full`).
 
   Only the first ceil(max(lengths) / block) blocks are read (the others'
@@ -145,6 +145,10 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
 
   Args:
     block: J, columns per block; must divide S.
+    axis_name: under `jax.vmap(..., axis_name=...)` over replicas, that name:
+      the number of blocks read is the largest over all replicas, so it is
+      not batched. A batched count would turn each block's `cond` into a
+      select: every replica would read and compute every block.
     (others as `full`)
   """
   b, n, h = q_bnh.shape
@@ -156,6 +160,8 @@ def blockwise(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None,
   g = q.shape[2]
   scale = h ** -0.5
   num_blocks = (jnp.max(lengths_b) + block - 1) // block
+  if axis_name is not None:
+    num_blocks = jax.lax.pmax(num_blocks, axis_name)
 
   def read(j, carry):
     m, l, acc = carry
@@ -331,10 +337,13 @@ def _pallas_tpu_local(q_bnh, k_bksh, v_bksh, lengths_b, *, block, page_size,
 
 
 def attend(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None, *,
-           starts_b=None, impl: str = "blockwise", block: int = 128):
+           starts_b=None, impl: str = "blockwise", block: int = 128,
+           axis_name=None):
   """Dispatches to one of `IMPLS` (see the module docstring).
 
   For `pallas_tpu` keys are [B, K, S, H] and `starts_b` must be None.
+  `axis_name` (a replicas' vmap axis) reaches `blockwise`; the other
+  impls have no length-dependent control flow to share.
   """
   args = (q_bnh, k_bkhs, v_bksh, lengths_b, k_scale, v_scale, starts_b)
   if impl == "pallas_tpu":
@@ -342,7 +351,7 @@ def attend(q_bnh, k_bkhs, v_bksh, lengths_b, k_scale=None, v_scale=None, *,
   if impl == "full":
     return full(*args)
   if impl == "blockwise":
-    return blockwise(*args, block=block)
+    return blockwise(*args, block=block, axis_name=axis_name)
   if impl == "pallas_gpu":
     return pallas_gpu(*args, block=block)
   raise ValueError(f"unknown decode attention {impl!r}; one of {IMPLS}.")

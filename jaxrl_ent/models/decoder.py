@@ -372,7 +372,7 @@ def _write_column(cache_arr, new, col_b, axis, shared: bool):
 
 def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
                    attention: str = "blockwise", block: int = 128,
-                   lockstep: bool = False):
+                   lockstep: bool = False, axis_name=None):
   """Final hidden states of one new token per slot, attending to its cache.
 
   Slot b's token goes to cache column `lengths[b]`, at RoPE position
@@ -388,6 +388,8 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
     block: cache columns per attention block (divides the cache width).
     lockstep: every slot is at the same column (the static batch): the
       cache writes are then dynamic-update-slices, not scatters.
+    axis_name: the replicas' vmap axis, if any (`decode_attention.blockwise`
+      then reads as many blocks in every replica).
 
   Returns:
     (hidden [B, 1, D] in the compute dtype, cache with `lengths + 1`).
@@ -421,7 +423,8 @@ def decode_forward(weights: DecodeWeights, tokens_b, cache: SlotCache, *,
     attn = decode_attention.attend(q[:, 0], k_cache, v_cache, lengths,
                                    k_scale, v_scale, starts_b=None if
                                    token_major else cache.starts,
-                                   impl=attention, block=block)
+                                   impl=attention, block=block,
+                                   axis_name=axis_name)
     x = _finish_layer(cfg, p, x, attn[:, None])
   x = layers.rms_norm(x, weights.final_norm, cfg.rms_norm_eps)
   return x, SlotCache(tuple(new_k), tuple(new_v), lengths, cache.starts,

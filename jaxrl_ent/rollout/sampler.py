@@ -467,7 +467,8 @@ def row_keys(key, rows_s, tokens_s):
 
 def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
                 carry: DecodeCarry, *, params: SamplingParams,
-                row_budgets=None, lockstep: bool = True) -> DecodeCarry:
+                row_budgets=None, lockstep: bool = True,
+                axis_name=None) -> DecodeCarry:
   """Samples the next token of every slot and feeds it through the model.
 
   Args:
@@ -480,6 +481,7 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
     row_budgets: optional int [R] per-row budgets (default C for all).
     lockstep: the static batch (every slot started at step 0, so all write
       the same cache column); False for continuous batching.
+    axis_name: the replicas' vmap axis, if any (see `generate_arrays`).
 
   Returns:
     The carry one token later; slots whose row stopped are `done`.
@@ -511,7 +513,8 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
   # Left-aligned rows (`pallas_tpu`) write at their own columns.
   lockstep &= not attention_lib.token_major_keys(impl)
   hidden, cache = decoder.decode_forward(
-      weights, tok, cache, attention=impl, block=block, lockstep=lockstep)
+      weights, tok, cache, attention=impl, block=block, lockstep=lockstep,
+      axis_name=axis_name)
   if not lockstep:
     # A stopped slot's columns are no longer read: shrink it to one column
     # so later steps' attention does not scan them (until it is refilled).
@@ -524,13 +527,19 @@ def decode_step(weights: decoder.DecodeWeights, key, prompt_len_s,
 
 
 def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
-           params: SamplingParams):
+           params: SamplingParams, axis_name=None):
   """Inserts the next rows of the queue into the slots that are done.
 
   The k-th done slot (in slot order) gets row `next_row + k` while rows
   remain: the prompt's packed cache is copied into the slot's first P
   columns (one dynamic-update-slice per refilled slot and layer, in place),
   and its logits, filled columns and prompt length are set.
+
+  With `axis_name` (the replicas' vmap axis) the `cond` and the copy loop
+  run on the largest count over the replicas, so neither is batched: vmap
+  of a `cond` with a batched test computes both branches and selects every
+  cache leaf, on every decode step. A replica with fewer slots to fill
+  writes its own slot back for the extra iterations.
 
   Returns:
     (carry, prompt_len_s, next_row).
@@ -539,6 +548,7 @@ def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
   new_row = next_row + jnp.cumsum(carry.done) - 1
   take = carry.done & (new_row < rows)
   count = jnp.sum(take)
+  shared = count if axis_name is None else jax.lax.pmax(count, axis_name)
 
   def insert(args):
     carry, prompt_len_s = args
@@ -551,14 +561,18 @@ def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
       b = prompt[s]
 
       def put(dst, src):
-        return jax.lax.dynamic_update_slice(
-            dst, jax.lax.dynamic_index_in_dim(src, b, 0), (s, 0, 0, 0))
+        new = jax.lax.dynamic_index_in_dim(src, b, 0)
+        at = (s, 0, 0, 0)
+        if axis_name is not None:  # j >= count: this replica is done.
+          new = jnp.where(j < count, new,
+                          jax.lax.dynamic_slice(dst, at, new.shape))
+        return jax.lax.dynamic_update_slice(dst, new, at)
       return tuple(tuple(put(d, x) for d, x in zip(ds, xs))
                    for ds, xs in zip(arrs, (q.k, q.v, q.k_scale, q.v_scale)))
 
     cache = carry.cache
     k, v, ks, vs = jax.lax.fori_loop(
-        0, count, one, (cache.k, cache.v, cache.k_scale, cache.v_scale))
+        0, shared, one, (cache.k, cache.v, cache.k_scale, cache.v_scale))
     lengths = jnp.where(take, q.lengths[prompt], cache.lengths)
     starts = jnp.where(take, q.starts[prompt], cache.starts)
     cache = _constrain_slots(decoder.SlotCache(k, v, lengths, starts, ks, vs))
@@ -569,7 +583,7 @@ def refill(queue: PromptQueue, carry: DecodeCarry, prompt_len_s, next_row,
     return carry, jnp.where(take, q.lengths[prompt] - q.starts[prompt],
                             prompt_len_s)
 
-  carry, prompt_len_s = jax.lax.cond(count > 0, insert, lambda a: a,
+  carry, prompt_len_s = jax.lax.cond(shared > 0, insert, lambda a: a,
                                      (carry, prompt_len_s))
   return carry, prompt_len_s, next_row + count
 
@@ -611,8 +625,9 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
     params: sampling settings (static).
     row_budgets: optional int [R] per-row budgets (<= C).
     axis_name: under `jax.vmap(..., axis_name=...)` over replicas, that name:
-      one loop test for all replicas (see `_running`); the rollouts are the
-      same either way.
+      one loop test for all replicas (see `_running`), and shared bounds for
+      the refill (`refill`) and the blocks each step reads
+      (`decode_attention.blockwise`); the rollouts are the same either way.
   """
   n = params.n_samples
   rows = tokens_bp.shape[0] * n
@@ -622,7 +637,7 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
   queue = prefill_queue(weights, tokens_bp, mask_bp, params)
   carry = init_carry(queue, rows, slots, params)
   step = functools.partial(decode_step, weights, key, params=params,
-                           row_budgets=row_budgets)
+                           row_budgets=row_budgets, axis_name=axis_name)
   if slots == rows:  # Static batch: every row has its slot from the start.
     prompt_len_r = jnp.repeat(queue.cache.lengths - queue.cache.starts, n)
     carry = jax.lax.while_loop(lambda c: _running(c.done, axis_name),
@@ -631,7 +646,7 @@ def generate_arrays(policy, tokens_bp, mask_bp, key, params: SamplingParams,
     def body(state):
       carry, prompt_len_s, next_row = state
       carry = step(prompt_len_s, carry, lockstep=False)
-      return refill(queue, carry, prompt_len_s, next_row, params)
+      return refill(queue, carry, prompt_len_s, next_row, params, axis_name)
     state = (carry, carry.cache.lengths - carry.cache.starts,
              jnp.asarray(slots, jnp.int32))
     carry, _, _ = jax.lax.while_loop(

@@ -5,6 +5,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import numpy as np
 import torch
 from absl.testing import absltest
@@ -95,13 +96,9 @@ class ContinuousTest(parameterized.TestCase):
                            num_slots=4)
     np.testing.assert_array_equal(out.lengths, 10)
 
-  @parameterized.product(continuous=(False, True),
-                          axis_name=(None, "replicas"))
-  def test_vmap_over_stacked_params(self, continuous, axis_name):
-    # A seeds axis: two parameter copies, one program; each copy gets the
-    # rollout it gets on its own, also when one replica's rows are all done
-    # long before the other's (budgets 2 vs 6): with `axis_name` (the
-    # trainer's replicas) it steps on as a no-op until the other is done.
+  def _replicas(self, continuous):
+    """Two parameter copies, prompts, settings and budgets 2 vs 6: the
+    cache has two blocks of 8 columns, of which replica 0 fills one."""
     graphdef, state = nnx.split(self.model)
     other = jax.tree.map(lambda x: x * 1.5 if x.ndim == 2 else x, state)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), state, other)
@@ -111,14 +108,27 @@ class ContinuousTest(parameterized.TestCase):
       ids[i, 6 - len(p):], mask[i, 6 - len(p):] = p, 1
     params = sampler.SamplingParams(max_new_tokens=6, n_samples=2,
                                     stop_token_ids=(11,),
-                                    continuous=continuous, num_slots=3)
-    key = jax.random.key(5)
+                                    continuous=continuous, num_slots=3,
+                                    decode_attention="blockwise", kv_block=8)
     rows = 2 * len(PROMPTS)
     budgets = np.stack([np.full(rows, 2), np.full(rows, 6)]).astype(np.int32)
 
     def run(st, budget, axis=None):
-      return sampler.generate_arrays(nnx.merge(graphdef, st), ids, mask, key,
-                                     params, budget, axis_name=axis)
+      return sampler.generate_arrays(nnx.merge(graphdef, st), ids, mask,
+                                     jax.random.key(5), params, budget,
+                                     axis_name=axis)
+    return run, state, other, stacked, budgets
+
+  @parameterized.product(continuous=(False, True),
+                         axis_name=(None, "replicas"))
+  def test_vmap_over_stacked_params(self, continuous, axis_name):
+    # A seeds axis: two parameter copies, one program; each copy gets the
+    # rollout it gets on its own, also when one replica's rows are all done
+    # long before the other's (budgets 2 vs 6): with `axis_name` (the
+    # trainer's replicas) it steps on as a no-op until the other is done,
+    # reads the other's second cache block (masked: adds exactly 0) and
+    # runs the other's refills (writing its own slots back).
+    run, state, other, stacked, budgets = self._replicas(continuous)
     both = jax.jit(jax.vmap(functools.partial(run, axis=axis_name),
                             axis_name=axis_name))(stacked, budgets)
     for i, st in enumerate((state, other)):
@@ -131,6 +141,30 @@ class ContinuousTest(parameterized.TestCase):
     self.assertLessEqual(int(both.lengths[0].max()), 2)
     self.assertGreater(int(both.lengths[1].max()), 2)
     self.assertFalse(np.array_equal(both.tokens[0], both.tokens[1]))
+
+  @parameterized.parameters(False, True)
+  def test_vmap_with_axis_name_keeps_every_cond(self, continuous):
+    # vmap turns a `cond` with a batched test into both branches and a
+    # select over every carry leaf (the KV cache, each token). With the
+    # replicas' axis name the vmapped rollout keeps all the conds of one
+    # replica's (the attention's per-block read, the refill); without it
+    # they are gone.
+    run, state, _, stacked, budgets = self._replicas(continuous)
+
+    def conds(fn, *args):
+      def count(jaxpr):
+        return sum((eqn.primitive.name == "cond") + sum(
+            count(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
+                   for eqn in jaxpr.eqns)
+      return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+    one = conds(run, state, budgets[0])
+    # Per layer one block read; continuous batching adds the refill.
+    self.assertGreaterEqual(one, self.model.cfg.num_layers + continuous)
+    shared = functools.partial(run, axis="replicas")
+    self.assertEqual(
+        conds(jax.vmap(shared, axis_name="replicas"), stacked, budgets), one)
+    self.assertLess(conds(jax.vmap(run), stacked, budgets), one)
 
   def test_int8_cache_logp_mismatch_is_small(self):
     # Same sampled tokens scored by the float cache (teacher forcing by
