@@ -86,13 +86,24 @@ def entropy_grad_dot(stats_fn: Callable, params, tangents_k, mask_rc):
   Returns:
     float32 `[K]`.
   """
+  return entropy_and_grad_dot(stats_fn, params, tangents_k, mask_rc)[1]
+
+
+def entropy_and_grad_dot(stats_fn: Callable, params, tangents_k, mask_rc):
+  """`(mean_t H_t(θ), entropy_grad_dot(...))` from one forward and backward
+  pass: the entropy at θ comes with its gradient, so a caller that needs
+  both (the update's measured change at θ_after) runs no second forward.
+
+  Returns:
+    (float32 scalar, float32 `[K]`).
+  """
   mask = jnp.asarray(mask_rc)
-  grad = jax.grad(lambda p: covariance.masked_mean(
+  value, grad = jax.value_and_grad(lambda p: covariance.masked_mean(
       stats_fn(p).entropy.astype(_F32), mask))(params)
   dots = jax.tree.map(
       lambda g, t: jnp.sum(g.astype(_F32)[None] * t.astype(_F32),
                            axis=tuple(range(1, t.ndim))), grad, tangents_k)
-  return sum(jax.tree.leaves(dots))
+  return value, sum(jax.tree.leaves(dots))
 
 
 def clip_factor(grad_norm, max_norm=None):

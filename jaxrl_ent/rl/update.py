@@ -16,9 +16,12 @@ does everything after scoring inside one jit:
      micro-batch's cotangent is pulled back once more per source, the
      optimizer's update is split with the realised clip factor and second
      moment, and every part is contracted with ∂(mean H)/∂θ at θ_before
-     through the chunked token statistics (`exact_dynamics.entropy_grad_dot`:
-     reverse mode, as the attention kernels have no JVP rule; the forward-
-     mode `entropy_jvp` gives per-token values where the model allows). Off `measure` steps none of it is traced;
+     and at θ_after (the trapezoid rule) through the chunked token
+     statistics (`exact_dynamics.entropy_and_grad_dot`: reverse mode, as
+     the attention kernels have no JVP rule; the forward-mode `entropy_jvp`
+     gives per-token values where the model allows); the forward at
+     θ_after is the re-scored batch. Off `measure` steps none of it is
+     traced;
   4. the metrics (verl names).
 
 PPO with a learned critic (`spec.critic`, estimator `gae`; `rl.critic`):
@@ -187,9 +190,12 @@ def _attribute(acc, src_grads, sources, params_prev, opt_state, finite,
 
 
 def _exact_metrics(stats_fn, params_before, params_after, acc, sources,
-                   adamw, mask, measured, spec):
-  """`entropy/dH_pred_exact/*`, `entropy/dH_pred_trapezoid/*` and the
-  residuals (DESIGN.md §4).
+                   adamw, mask, h_before, spec):
+  """`entropy/measured_dH`, `entropy/dH_pred_exact/*`,
+  `entropy/dH_pred_trapezoid/*` and the residuals (DESIGN.md §4).
+
+  The measured change is the batch's mean entropy at θ_after (the forward
+  of the backward pass there) minus `h_before`, the old-log-prob pass's.
 
   `total` is along the realised `θ_after − θ_before`; the sources (one per
   gradient source, `momentum` for what the carried first moment moved,
@@ -218,11 +224,14 @@ def _exact_metrics(stats_fn, params_before, params_after, acc, sources,
   # The trapezoid rule along the same segment, ½⟨∇H(θ) + ∇H(θ + Δθ), Δθ_s⟩:
   # one more backward pass at θ_after makes the account exact to second
   # order (error O(|Δθ|³) instead of O(|Δθ|²)), still linear in the
-  # tangents, so the sources still sum to the total.
-  pred_after = exact_dynamics.entropy_grad_dot(stats_fn, params_after,
-                                               tangents, mask)
+  # tangents, so the sources still sum to the total. Its forward is the
+  # re-scored batch: the measured entropy at θ_after needs no pass of its
+  # own.
+  h_after, pred_after = exact_dynamics.entropy_and_grad_dot(
+      stats_fn, params_after, tangents, mask)
+  measured = h_after - h_before
   trap = 0.5 * (pred + pred_after)
-  out = {}
+  out = {"entropy/measured_dH": measured}
   for prefix, values in (("entropy/dH_pred_exact/", pred),
                          ("entropy/dH_pred_trapezoid/", trap)):
     out.update({prefix + name: values[i] for i, name in enumerate(names)})
@@ -406,13 +415,9 @@ def make_update(graphdef, rest, spec: UpdateSpec):
           spec.loss, full)["perf/pack_fits"]
     if measure:
       # 3. The same batch under the updated policy.
-      after = stats(params, full)
-      metrics["entropy/measured_dH"] = (
-          covariance.masked_mean(after.entropy, mask) - h_before)
       metrics.update(_exact_metrics(
           lambda p: ts.params_stats(graphdef, rest, spec.loss, p, full),
-          state.params, params, acc, sources, adamw, mask,
-          metrics["entropy/measured_dH"], spec))
+          state.params, params, acc, sources, adamw, mask, h_before, spec))
     return new_state, metrics
 
   return update

@@ -67,6 +67,12 @@ class TabularTest(absltest.TestCase):
     dot = exact_dynamics.entropy_grad_dot(
         lambda t: _table_stats(t, tokens), table, acc["d_src"], mask)
     np.testing.assert_allclose(dot, mean, rtol=1e-5, atol=1e-9)
+    # The forward of the same backward pass is the mean entropy at θ.
+    h, dot2 = exact_dynamics.entropy_and_grad_dot(
+        lambda t: _table_stats(t, tokens), table, acc["d_src"], mask)
+    np.testing.assert_allclose(h, covariance.masked_mean(stats.entropy, mask),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(dot2, dot)
 
 
 def _lm_params(key, d=8, v=11, t=6):
