@@ -148,7 +148,7 @@ class ContinuousTest(parameterized.TestCase):
     # select over every carry leaf (the KV cache, each token). With the
     # replicas' axis name the vmapped rollout keeps all the conds of one
     # replica's (the attention's per-block read, the refill); without it
-    # they are gone.
+    # those become selects.
     run, state, _, stacked, budgets = self._replicas(continuous)
 
     def conds(fn, *args):
