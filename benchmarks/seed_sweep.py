@@ -86,7 +86,10 @@ def _steady(rows, key="perf/step_time"):
 
 
 def _rollout_only(s, repeats, slots=0, kv_block=0):
-  """The vmapped rollout (shared / per-replica loop test) vs S calls."""
+  """The vmapped rollout (length tests shared / per replica) vs S calls.
+
+  The side labels (also the JSON keys) say "loop test" for all three
+  shared tests: the loop's, the refill's and the block count's."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

@@ -100,7 +100,8 @@ def _place(x, target):
 
 def _stacked_generate(graphdef, rest, params: sampler.SamplingParams):
   """Rollout of every replica at once: vmap of the traceable sampler, with
-  one decode-loop test for all replicas (`sampler.generate_arrays`)."""
+  the decode loop's length-dependent tests (stop, refill, blocks read)
+  shared by all replicas (`sampler.generate_arrays(axis_name=)`)."""
   def one(p, tokens, mask, key):
     return sampler.generate_arrays(nnx.merge(graphdef, p, rest), tokens,
                                    mask, key, params, axis_name="replicas")
